@@ -1,0 +1,197 @@
+//! The demo: a maintenance window rehearsed on throwaway local databases.
+//!
+//! Starts a Supabase-shaped source and a self-hosted-shaped target (the test fixtures), seeds a
+//! realistic FreshTrack data set, then runs fmig's steps against them, printing each step's
+//! output and wall time. The databases are removed on exit, also on Ctrl-C, unless `--keep`.
+//! Run it through `scripts/demo.sh`, which builds the `fmig` binary it drives.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::cluster::Cluster;
+use support::seed::{self, SeedConfig};
+
+struct Options {
+    scale: usize,
+    users_per_category: usize,
+    keep: bool,
+    fmig: PathBuf,
+    workdir: PathBuf,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // target/<profile>/examples/demo -> target/<profile>/fmig
+    let default_fmig = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("fmig"))
+        .unwrap_or_else(|| PathBuf::from("fmig"));
+    let mut options = Options {
+        scale: 1_000_000,
+        users_per_category: 100,
+        keep: false,
+        fmig: default_fmig,
+        workdir: std::env::temp_dir().join("fmig-demo"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--scale" => {
+                options.scale = value("--scale")?
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| "--scale takes a number of sensor readings".to_string())?
+            }
+            "--users" => {
+                options.users_per_category = value("--users")?
+                    .parse()
+                    .map_err(|_| "--users takes a number of users per category".to_string())?
+            }
+            "--keep" => options.keep = true,
+            "--fmig" => options.fmig = value("--fmig")?.into(),
+            "--workdir" => options.workdir = value("--workdir")?.into(),
+            "-h" | "--help" => {
+                println!(
+                    "usage: demo [--scale READINGS (1000000)] [--users PER_CATEGORY (100)] \
+                     [--keep] [--workdir DIR] [--fmig PATH]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if !options.fmig.is_file() {
+        return Err(format!(
+            "{} not found: build it first (scripts/demo.sh does)",
+            options.fmig.display()
+        ));
+    }
+    Ok(options)
+}
+
+fn main() {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Ctrl-C reaches fmig too (same process group); the demo notices, skips the remaining steps
+    // and lets the clusters' Drop remove them.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(async {
+                let _ = tokio::signal::ctrl_c().await;
+            });
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+    let code = run(&options, &interrupted);
+    std::process::exit(code);
+}
+
+fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
+    let _ = std::fs::remove_dir_all(&options.workdir);
+    std::fs::create_dir_all(&options.workdir).expect("create the demo directory");
+    let total = Instant::now();
+    let mut timings: Vec<(String, Duration, i32)> = Vec::new();
+
+    let started = Instant::now();
+    println!("== starting a Supabase-shaped source and a self-hosted target (PostgreSQL 15)");
+    let source = Cluster::start();
+    let target = Cluster::start();
+    seed::load_source_schema(&source, "postgres");
+    target.create_database("freshtrack");
+    seed::load_target_schema(&target, "freshtrack");
+    timings.push(("start clusters".into(), started.elapsed(), 0));
+
+    let started = Instant::now();
+    let config = SeedConfig {
+        users_per_category: options.users_per_category,
+        sensor_readings: options.scale,
+        ..SeedConfig::default()
+    };
+    println!(
+        "== seeding: {} users per category, {} orgs, {} sensor readings",
+        config.users_per_category, config.organizations, config.sensor_readings
+    );
+    let summary = seed::seed_source(&source, "postgres", &config);
+    println!(
+        "   {} rows in 23 tables, {} auth users",
+        summary.tables.values().sum::<u64>(),
+        summary.users.total
+    );
+    timings.push(("seed".into(), started.elapsed(), 0));
+
+    let env_file = options.workdir.join(".env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "SUPABASE_DB_URL={}\nDATABASE_URL={}\nLOG_FILE_PATH={}\nEXPORT_DIR={}\n",
+            source.url("postgres"),
+            target.url("freshtrack"),
+            options.workdir.join("migration.log").display(),
+            options.workdir.join("migration-data").display(),
+        ),
+    )
+    .expect("write the demo .env");
+
+    let steps: &[(&str, &[&str])] = &[("fmig export --dry-run", &["export", "--dry-run"])];
+    let mut failed = false;
+    for (name, args) in steps {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        println!("\n== {name}");
+        let started = Instant::now();
+        let status = Command::new(&options.fmig)
+            .args(*args)
+            .current_dir(&options.workdir)
+            .status()
+            .expect("run fmig");
+        let code = status.code().unwrap_or(-1);
+        timings.push((name.to_string(), started.elapsed(), code));
+        if code != 0 {
+            failed = true;
+            break;
+        }
+    }
+
+    println!("\n== summary");
+    for (name, took, code) in &timings {
+        println!("   {name:<28} {:>8.1}s   exit {code}", took.as_secs_f64());
+    }
+    println!("   {:<28} {:>8.1}s", "total", total.elapsed().as_secs_f64());
+    println!("   settings: {}", env_file.display());
+    println!(
+        "   log:      {}",
+        options.workdir.join("migration.log").display()
+    );
+    if interrupted.load(Ordering::SeqCst) {
+        println!("   interrupted: removing the databases");
+        return 130;
+    }
+    if options.keep {
+        println!("   --keep: the databases stay up until you press Enter");
+        println!("   source: {}", source.url("postgres"));
+        println!("   target: {}", target.url("freshtrack"));
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    if failed { 1 } else { 0 }
+}

@@ -1,0 +1,275 @@
+//! The whole command line: every subcommand, flag, environment variable and help text.
+//!
+//! Option groups shared by several subcommands (the source and target connections, connection
+//! behaviour) are `#[command(flatten)]`ed so a flag has one name and one meaning everywhere.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::connect::{ConnectOptions, DbUrl, Side};
+
+const EXAMPLES: &str = "\
+The maintenance window, in order:
+  fmig export --dry-run        tables, import order, row counts, users; touches nothing
+  fmig export                  source -> ./migration-data            (not yet available)
+  fmig migrate-users           users -> Stack Auth + user-mapping.json (not yet available)
+  fmig import                  ./migration-data -> target            (not yet available)
+  fmig verify                  prove target == source                (not yet available)
+
+Configuration comes from the environment or a .env file (see .env.example):
+  SUPABASE_DB_URL  source: the direct connection, port 5432, e.g.
+                   postgresql://postgres:PASSWORD@db.<ref>.supabase.co:5432/postgres?sslmode=require
+  DATABASE_URL     target, e.g. postgresql://app:PASSWORD@db.internal:5432/freshtrack
+
+Exit codes: 0 success; 1 the job found a problem (e.g. a missing table); 2 usage,
+configuration or connection error; 130 interrupted.";
+
+/// fmig: move a Supabase application to a self-hosted PostgreSQL and Stack Auth.
+#[derive(Debug, Parser)]
+#[command(name = "fmig", version, about, after_help = EXAMPLES, max_term_width = 110)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted by every subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalOpts {
+    /// Read settings from this file (default: ./.env when it exists). Variables already set in
+    /// the environment win over the file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+
+    /// Append a JSON-lines record of the run to this file (created 0600).
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FILE_PATH",
+        hide_env_values = true,
+        default_value = "./migration.log",
+        value_name = "PATH"
+    )]
+    pub log_file: PathBuf,
+
+    /// More detail on the console and in the log file (-vv for everything).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less on the console: -q warnings and errors only, -qq errors only. The log file keeps
+    /// everything from info up.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Do not draw progress bars (they are never drawn when stderr is not a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export the tables and the Supabase users from the source into the export directory.
+    ///
+    /// With --dry-run, list what would be exported, in import order with levels computed from
+    /// the source's foreign keys, exact row counts and sizes, the user-id columns, and the
+    /// auth.users population, all from one read-only snapshot; and report where the built-in
+    /// table list disagrees with the database. Exit code 1 when a listed table is missing or the
+    /// order would break a foreign key.
+    #[command(
+        after_help = "Examples:\n  fmig export --dry-run\n  fmig export --dry-run --skip-large --json\n  fmig export --dry-run --table sites --table areas"
+    )]
+    Export(ExportArgs),
+
+    /// Create the exported Supabase users in Stack Auth and write user-mapping.json.
+    /// (Not yet available.)
+    MigrateUsers(NotYetArgs),
+
+    /// Load the export directory into the target, rewriting user ids. (Not yet available.)
+    Import(NotYetArgs),
+
+    /// Compare the target with the source, table by table. (Not yet available.)
+    Verify(NotYetArgs),
+
+    /// Compare source and target schemas before the window. (Not yet available.)
+    Plan(NotYetArgs),
+}
+
+/// Where the source database is and how to reach it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Source database")]
+pub struct SourceOpts {
+    /// Source (Supabase) database URL. Use the direct connection (port 5432), not the
+    /// transaction pooler (6543). The session is always read-only.
+    #[arg(
+        long,
+        env = "SUPABASE_DB_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub source_url: Option<String>,
+}
+
+impl SourceOpts {
+    pub fn url(&self) -> Result<DbUrl> {
+        parse_url(Side::Source, self.source_url.as_deref())
+    }
+}
+
+/// How connections behave, for both databases.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectOpts {
+    /// Give up connecting after this many seconds (transient failures are retried until then).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub connect_timeout: u64,
+
+    /// Allow a URL on port 6543 (Supabase's transaction pooler) or with pgbouncer=true. Only
+    /// for a server that is not really a transaction pooler.
+    #[arg(long)]
+    pub allow_pooler: bool,
+}
+
+impl ConnectOpts {
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            allow_pooler: self.allow_pooler,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Export options")]
+pub struct ExportArgs {
+    /// Directory the export files go to.
+    #[arg(
+        long,
+        env = "EXPORT_DIR",
+        hide_env_values = true,
+        default_value = "./migration-data",
+        value_name = "DIR"
+    )]
+    pub output_dir: PathBuf,
+
+    /// Only this table (repeat the flag, or separate names with commas).
+    #[arg(long = "table", value_name = "NAME", value_delimiter = ',')]
+    pub tables: Vec<String>,
+
+    /// Leave out the large tables (sensor_readings, alerts, event_logs).
+    #[arg(long)]
+    pub skip_large: bool,
+
+    /// Leave out auth.users and auth.identities.
+    #[arg(long)]
+    pub skip_auth: bool,
+
+    /// Show what would be exported and touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// With --dry-run: print the report as JSON on stdout instead of a table.
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub source: SourceOpts,
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+}
+
+/// Arguments of a subcommand that is not built yet: it only has the connection options so its
+/// help already shows how it will be configured.
+#[derive(Debug, Args)]
+pub struct NotYetArgs {
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+}
+
+fn parse_url(side: Side, value: Option<&str>) -> Result<DbUrl> {
+    let flag = match side {
+        Side::Source => "--source-url",
+        Side::Target => "--target-url",
+    };
+    match value {
+        Some(text) if !text.trim().is_empty() => DbUrl::parse(side, text),
+        _ => Err(anyhow!(
+            "no {side} database given: set {} in the environment or in .env, or pass {flag}",
+            side.env_var()
+        )),
+    }
+}
+
+/// Loads `--env-file` (or ./.env when present) into the environment before clap reads it, so
+/// that `env = ...` flags see the file's values. Variables already set win. Returns the file
+/// that was loaded.
+pub fn load_env_file(args: impl IntoIterator<Item = OsString>) -> Result<Option<PathBuf>> {
+    let mut explicit: Option<PathBuf> = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--env-file" {
+            explicit = args.next().map(PathBuf::from);
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--env-file=")) {
+            explicit = Some(PathBuf::from(value));
+        }
+    }
+    let path = match explicit {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(anyhow!("--env-file {}: no such file", path.display()));
+            }
+            path
+        }
+        None if Path::new(".env").is_file() => PathBuf::from(".env"),
+        None => return Ok(None),
+    };
+    dotenvy::from_path(&path).with_context(|| {
+        format!(
+            "could not read {} (expected KEY=value lines; quote values that contain spaces or #)",
+            path.display()
+        )
+    })?;
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tables_accept_repeats_and_commas() {
+        let cli = Cli::try_parse_from([
+            "fmig",
+            "export",
+            "--dry-run",
+            "--table",
+            "sites,areas",
+            "--table",
+            "units",
+        ])
+        .unwrap();
+        let Command::Export(args) = cli.command else {
+            panic!("not export")
+        };
+        assert_eq!(args.tables, ["sites", "areas", "units"]);
+    }
+
+    #[test]
+    fn json_needs_dry_run() {
+        assert!(Cli::try_parse_from(["fmig", "export", "--json"]).is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! `fmig export --dry-run`: what an export would move, before anything moves.
+//!
+//! Reads the source's catalog, exact row counts, sizes and the `auth.users` population inside
+//! one read-only REPEATABLE READ transaction, so every number comes from the same snapshot, and
+//! prints the tables in the import order computed from the source's foreign keys, with every
+//! disagreement between the built-in manifest and the catalog.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio_postgres::IsolationLevel;
+use tracing::{error, info, warn};
+
+use crate::Outcome;
+use crate::catalog::{self, Discovered};
+use crate::cli::ExportArgs;
+use crate::connect;
+use crate::ident::QualifiedName;
+use crate::manifest::{self, APP_SCHEMA, Drift, Severity, TableSpec};
+use crate::progress;
+use crate::report::{Align, TextTable, size, thousands};
+use crate::supabase::{self, AuthUserStats};
+
+/// Everything the dry run found; printed as a table or, with `--json`, as JSON.
+#[derive(Debug, Serialize)]
+pub struct DryRunReport {
+    pub source: String,
+    pub server_version: String,
+    pub tables: Vec<TableLine>,
+    pub total_rows: i64,
+    pub total_size_bytes: i64,
+    /// `None` with `--skip-auth` or when the source has no `auth.users`.
+    pub auth_users: Option<AuthUserStats>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableLine {
+    /// Level computed from the source's foreign keys (the hand-written one if the table is
+    /// missing).
+    pub level: usize,
+    pub listed_level: usize,
+    pub table: String,
+    pub present: bool,
+    pub rows: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub large: bool,
+    pub partitioned: bool,
+    pub has_primary_key: bool,
+    pub user_id_columns: Vec<UserIdColumn>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserIdColumn {
+    pub column: String,
+    /// Listed in the built-in manifest.
+    pub listed: bool,
+    /// Has a foreign key to `auth.users(id)`.
+    pub foreign_key: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+    #[serde(flatten)]
+    pub drift: Drift,
+}
+
+pub async fn run(args: &ExportArgs) -> Result<Outcome> {
+    let url = args.source.url()?;
+    let manifest = manifest::builtin();
+    let selected = select_tables(manifest, &args.tables, args.skip_large)?;
+
+    let spinner = progress::spinner(&format!("connecting to {}", url.host));
+    let mut client = connect::connect(&url, &args.connect.options()).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .context("could not start a read-only snapshot on the source")?;
+    let server_version: String = tx.query_one("SHOW server_version", &[]).await?.get(0);
+
+    spinner.set_message("reading the catalog");
+    let found = catalog::discover(&tx, APP_SCHEMA).await?;
+    let mut tables = Vec::new();
+    for (level, spec) in manifest::import_order(manifest, &found) {
+        if !selected.contains(spec.name) {
+            continue;
+        }
+        spinner.set_message(format!("counting {}", spec.name));
+        tables.push(table_line(&tx, level, spec, &found).await?);
+    }
+    let auth_users = if args.skip_auth {
+        None
+    } else {
+        spinner.set_message("counting auth.users");
+        supabase::auth_user_stats(&tx).await?
+    };
+    tx.commit().await.context("could not end the snapshot")?;
+    spinner.finish_and_clear();
+
+    let filtered = selected.len() < manifest.len();
+    let findings: Vec<Finding> = manifest::compare(manifest, &found)
+        .into_iter()
+        .filter(|d| !filtered || concerns_selected(d, &selected))
+        .map(|drift| Finding {
+            severity: drift.severity(),
+            message: drift.message(),
+            drift,
+        })
+        .collect();
+    let report = DryRunReport {
+        source: url.to_string(),
+        server_version,
+        total_rows: tables.iter().filter_map(|t| t.rows).sum(),
+        total_size_bytes: tables.iter().filter_map(|t| t.size_bytes).sum(),
+        tables,
+        auth_users,
+        findings,
+    };
+
+    record(&report);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)?
+    } else {
+        render(&report, args.skip_auth)
+    };
+    progress::suspend(|| print!("{text}"));
+    if report
+        .findings
+        .iter()
+        .any(|f| f.severity == Severity::Error)
+    {
+        Ok(Outcome::ProblemsFound)
+    } else {
+        Ok(Outcome::Success)
+    }
+}
+
+/// The manifest tables named by `--table` (all when none) minus the large ones with
+/// `--skip-large`. An unknown name is an error that lists the known ones.
+fn select_tables(
+    manifest: &[TableSpec],
+    names: &[String],
+    skip_large: bool,
+) -> Result<BTreeSet<&'static str>> {
+    let mut selected = BTreeSet::new();
+    for name in names {
+        let name = name.trim();
+        let Some(spec) = manifest.iter().find(|t| t.name == name) else {
+            let known: Vec<&str> = manifest.iter().map(|t| t.name).collect();
+            bail!(
+                "--table {name:?} is not one of fmig's tables; known tables: {}",
+                known.join(", ")
+            );
+        };
+        selected.insert(spec.name);
+    }
+    if names.is_empty() {
+        selected.extend(manifest.iter().map(|t| t.name));
+    }
+    if skip_large {
+        selected.retain(|name| !manifest::find(manifest, name).is_some_and(|t| t.large));
+    }
+    Ok(selected)
+}
+
+async fn table_line(
+    tx: &tokio_postgres::Transaction<'_>,
+    level: usize,
+    spec: &TableSpec,
+    found: &Discovered,
+) -> Result<TableLine> {
+    let info = found.tables.get(spec.name);
+    let discovered = found.user_id_columns.get(spec.name);
+    let user_id_columns = manifest::effective_user_id_columns(spec, found)
+        .into_iter()
+        .map(|column| UserIdColumn {
+            listed: spec.user_id_columns.contains(&column.as_str()),
+            foreign_key: discovered.is_some_and(|d| d.contains(&column)),
+            column,
+        })
+        .collect();
+    let (rows, size_bytes) = if info.is_some() {
+        let name = QualifiedName::new(APP_SCHEMA, spec.name);
+        (
+            Some(catalog::row_count(tx, &name).await?),
+            Some(catalog::total_size(tx, &name).await?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(TableLine {
+        level,
+        listed_level: spec.level,
+        table: spec.name.to_string(),
+        present: info.is_some(),
+        rows,
+        size_bytes,
+        large: spec.large,
+        partitioned: info.is_some_and(|i| i.partitioned),
+        has_primary_key: info.is_some_and(|i| i.has_primary_key),
+        user_id_columns,
+    })
+}
+
+fn concerns_selected(drift: &Drift, selected: &BTreeSet<&str>) -> bool {
+    let names: Vec<&str> = match drift {
+        Drift::TableMissing { table }
+        | Drift::TableNotInManifest { table }
+        | Drift::LevelDiffers { table, .. }
+        | Drift::SelfReference { table, .. }
+        | Drift::UserIdColumnNotInManifest { table, .. }
+        | Drift::UserIdColumnWithoutForeignKey { table, .. }
+        | Drift::UserIdColumnMissing { table, .. } => vec![table],
+        Drift::OrderViolation {
+            table, references, ..
+        } => vec![table, references],
+        Drift::Cycle { tables } => tables.iter().map(String::as_str).collect(),
+    };
+    names.iter().any(|n| selected.contains(n))
+}
+
+/// Writes the report to the log file as structured events (the console already shows the
+/// printed report, so these go to the file only: see `logging`).
+fn record(report: &DryRunReport) {
+    for t in &report.tables {
+        info!(target: "fmig::report", table = %t.table, level = t.level, rows = t.rows, size_bytes = t.size_bytes, present = t.present, "dry-run table");
+    }
+    if let Some(u) = &report.auth_users {
+        info!(target: "fmig::report", total = u.total, with_bcrypt_password = u.with_bcrypt_password, with_oauth_identity = u.with_oauth_identity, without_email = u.without_email, anonymous = u.anonymous, sso = u.sso, banned = u.banned, soft_deleted = u.soft_deleted, "dry-run auth.users");
+    }
+    for f in &report.findings {
+        match f.severity {
+            Severity::Error => error!(target: "fmig::report", "{}", f.message),
+            Severity::Warning => warn!(target: "fmig::report", "{}", f.message),
+            Severity::Info => info!(target: "fmig::report", "{}", f.message),
+        }
+    }
+    info!(target: "fmig::report", tables = report.tables.len(), rows = report.total_rows, size_bytes = report.total_size_bytes, findings = report.findings.len(), "dry-run summary");
+}
+
+fn render(report: &DryRunReport, skip_auth: bool) -> String {
+    let mut table = TextTable::new(&[
+        ("level", Align::Right),
+        ("table", Align::Left),
+        ("rows", Align::Right),
+        ("size", Align::Right),
+        ("large", Align::Left),
+        ("user-id columns", Align::Left),
+    ]);
+    let mut level_differs = false;
+    for t in &report.tables {
+        let marker = if t.present && t.level != t.listed_level {
+            level_differs = true;
+            "*"
+        } else {
+            ""
+        };
+        let columns: Vec<String> = t
+            .user_id_columns
+            .iter()
+            .map(|c| match (c.listed, c.foreign_key) {
+                (true, true) => c.column.clone(),
+                (true, false) => format!("{} (no FK)", c.column),
+                (false, _) => format!("{} (discovered)", c.column),
+            })
+            .collect();
+        table.row(vec![
+            format!("{}{marker}", t.level),
+            t.table.clone(),
+            t.rows.map_or("MISSING".to_string(), thousands),
+            t.size_bytes.map_or(String::new(), size),
+            if t.large { "large" } else { "" }.to_string(),
+            columns.join(", "),
+        ]);
+    }
+
+    let mut out = format!(
+        "Source: {} (PostgreSQL {}), read in one read-only snapshot\n\n{}",
+        report.source,
+        report.server_version,
+        table.render()
+    );
+    out.push_str(&format!(
+        "{} tables, {} rows, {}\n",
+        report.tables.iter().filter(|t| t.present).count(),
+        thousands(report.total_rows),
+        size(report.total_size_bytes)
+    ));
+    if level_differs {
+        out.push_str("* level computed from foreign keys differs from the hand-written order\n");
+    }
+    match (&report.auth_users, skip_auth) {
+        (_, true) => out.push_str("\nauth.users: skipped (--skip-auth)\n"),
+        (None, false) => out.push_str(
+            "\nauth.users: not found (is this a Supabase database? users cannot be migrated)\n",
+        ),
+        (Some(u), false) => out.push_str(&format!(
+            "\nauth.users: {} users: {} with a bcrypt password, {} with an OAuth identity, \
+             {} without e-mail, {} anonymous, {} SSO, {} banned, {} soft-deleted\n",
+            thousands(u.total),
+            thousands(u.with_bcrypt_password),
+            thousands(u.with_oauth_identity),
+            thousands(u.without_email),
+            thousands(u.anonymous),
+            thousands(u.sso),
+            thousands(u.banned),
+            thousands(u.soft_deleted),
+        )),
+    }
+    if report.findings.is_empty() {
+        out.push_str("\nThe built-in table list agrees with the source's catalog.\n");
+    } else {
+        out.push_str(&format!("\nFindings ({}):\n", report.findings.len()));
+        let mut findings: Vec<&Finding> = report.findings.iter().collect();
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        for f in findings {
+            let label = match f.severity {
+                Severity::Error => "ERROR  ",
+                Severity::Warning => "WARNING",
+                Severity::Info => "info   ",
+            };
+            out.push_str(&format!("  {label} {}\n", f.message));
+        }
+    }
+    out
+}

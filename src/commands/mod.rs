@@ -1,0 +1,3 @@
+//! One module per subcommand. Each exposes a `run` that reads top-down.
+
+pub mod dry_run;

@@ -1,0 +1,49 @@
+//! fmig: moves a Supabase application's PostgreSQL data to a self-hosted PostgreSQL and its
+//! users to Stack Auth, during one maintenance window.
+//!
+//! `main.rs` parses the command line and sets up logging; [`run`] dispatches to one module per
+//! subcommand under [`commands`]. The shared pieces are named for what they hold: [`connect`]
+//! (URLs, TLS, redaction), [`manifest`] (the tables and their order), [`catalog`] (what a live
+//! database says), [`supabase`] (auth.users), [`logging`] and [`progress`], [`report`].
+
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod connect;
+pub mod ident;
+pub mod logging;
+pub mod manifest;
+pub mod progress;
+pub mod redact;
+pub mod report;
+pub mod supabase;
+
+use anyhow::{Result, bail};
+
+use cli::Command;
+
+/// How a command ended when it did not fail outright.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0.
+    Success,
+    /// The job ran and found a problem (a missing table, a verification mismatch): exit code 1.
+    ProblemsFound,
+}
+
+/// Runs one subcommand.
+pub async fn run(command: &Command) -> Result<Outcome> {
+    match command {
+        Command::Export(args) if args.dry_run => commands::dry_run::run(args).await,
+        Command::Export(_) => not_yet("export without --dry-run", 3),
+        Command::MigrateUsers(_) => not_yet("migrate-users", 6),
+        Command::Import(_) => not_yet("import", 5),
+        Command::Verify(_) => not_yet("verify", 7),
+        Command::Plan(_) => not_yet("plan", 4),
+    }
+}
+
+fn not_yet(what: &str, issue: u32) -> Result<Outcome> {
+    bail!("fmig {what} is not available in this version yet (tracked as issue #{issue})")
+}
+
