@@ -19,8 +19,36 @@ pub struct TableInfo {
     /// Declared `PARTITION BY`; its rows live in partitions that are not listed separately.
     pub partitioned: bool,
     pub has_primary_key: bool,
-    /// Column names in attribute order.
-    pub columns: Vec<String>,
+    /// Columns in attribute order.
+    pub columns: Vec<Column>,
+}
+
+impl TableInfo {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A column and its type, as `pg_attribute`/`pg_type` describe it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    /// `format_type()`: `numeric(6,2)`, `character varying(255)`, `text[]`, `alert_severity`.
+    pub type_name: String,
+    /// `pg_type.typtype`: b(ase), c(omposite), d(omain), e(num), p(seudo), r(ange), m(ultirange).
+    pub type_kind: char,
+    /// `pg_type.typcategory`; `A` for arrays.
+    pub type_category: char,
+    /// For a domain, the innermost base type.
+    pub base_oid: Option<u32>,
+    pub not_null: bool,
+    /// The default expression (`pg_get_expr`), if any.
+    pub default: Option<String>,
+    /// `GENERATED ALWAYS AS (...) STORED`: computed by the server, never written.
+    pub generated: bool,
+    /// `GENERATED ... AS IDENTITY`.
+    pub identity: bool,
 }
 
 /// A foreign key between two tables of the application schema.
@@ -58,12 +86,9 @@ pub async fn discover(client: &impl GenericClient, schema: &str) -> Result<Disco
     let mut tables = BTreeMap::new();
     let rows = client
         .query(
-            "SELECT c.relname, c.relkind = 'p', \
+            "SELECT c.relname::text, c.relkind = 'p', \
                     EXISTS (SELECT 1 FROM pg_constraint k \
-                            WHERE k.conrelid = c.oid AND k.contype = 'p'), \
-                    ARRAY(SELECT a.attname::text FROM pg_attribute a \
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                          ORDER BY a.attnum) \
+                            WHERE k.conrelid = c.oid AND k.contype = 'p') \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
             &[&schema],
@@ -78,9 +103,56 @@ pub async fn discover(client: &impl GenericClient, schema: &str) -> Result<Disco
                 name,
                 partitioned: row.get(1),
                 has_primary_key: row.get(2),
-                columns: row.get(3),
+                columns: Vec::new(),
             },
         );
+    }
+    // Domains over domains are resolved to the innermost base type by the recursive part.
+    let rows = client
+        .query(
+            "WITH RECURSIVE base(oid, base) AS ( \
+                 SELECT t.oid, t.typbasetype FROM pg_type t WHERE t.typtype = 'd' \
+                 UNION ALL \
+                 SELECT b.oid, t.typbasetype FROM base b JOIN pg_type t ON t.oid = b.base \
+                 WHERE t.typtype = 'd') \
+             SELECT c.relname::text, a.attname::text, a.atttypid, \
+                    format_type(a.atttypid, a.atttypmod), t.typtype::text, t.typcategory::text, \
+                    (SELECT b.base FROM base b JOIN pg_type bt ON bt.oid = b.base \
+                     WHERE b.oid = t.oid AND bt.typtype <> 'd'), \
+                    a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
+                    a.attgenerated <> '', a.attidentity <> '' \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_type t ON t.oid = a.atttypid \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY c.relname, a.attnum",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("could not list the columns of schema {schema}"))?;
+    for row in rows {
+        let table: String = row.get(0);
+        let char_of = |i: usize| row.get::<_, String>(i).chars().next().unwrap_or(' ');
+        let generated: bool = row.get(9);
+        let column = Column {
+            name: row.get(1),
+            type_oid: row.get(2),
+            type_name: row.get(3),
+            type_kind: char_of(4),
+            type_category: char_of(5),
+            base_oid: row.get(6),
+            not_null: row.get(7),
+            // A generated column's expression sits in pg_attrdef too; it is not a default.
+            default: if generated { None } else { row.get(8) },
+            generated,
+            identity: row.get(10),
+        };
+        if let Some(info) = tables.get_mut(&table) {
+            info.columns.push(column);
+        }
     }
 
     // conparentid = 0 keeps the constraint declared on a partitioned table and drops the

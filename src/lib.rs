@@ -8,8 +8,10 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod codec;
 pub mod commands;
 pub mod connect;
+pub mod copy_binary;
 pub mod ident;
 pub mod logging;
 pub mod manifest;
@@ -46,4 +48,3 @@ pub async fn run(command: &Command) -> Result<Outcome> {
 fn not_yet(what: &str, issue: u32) -> Result<Outcome> {
     bail!("fmig {what} is not available in this version yet (tracked as issue #{issue})")
 }
-

@@ -272,7 +272,7 @@ pub fn compare(manifest: &[TableSpec], found: &Discovered) -> Vec<Drift> {
         };
         let by_fk = found.user_id_columns.get(spec.name);
         for &column in spec.user_id_columns {
-            if !info.columns.iter().any(|c| c == column) {
+            if info.column(column).is_none() {
                 drift.push(Drift::UserIdColumnMissing {
                     table: spec.name.to_string(),
                     column: column.to_string(),

@@ -68,7 +68,11 @@ impl Workdir {
     /// A command for `fmig` in this directory with a clean environment plus `env`.
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
         // Only test binaries have it; the demo includes this module but does not run it.
-        let exe = option_env!("CARGO_BIN_EXE_fmig").expect("built as an integration test");
+        let Some(exe) = option_env!("CARGO_BIN_EXE_fmig") else {
+            panic!(
+                "Workdir::command runs only in integration tests, where cargo sets CARGO_BIN_EXE_fmig"
+            );
+        };
         let mut cmd = Command::new(exe);
         cmd.args(args).current_dir(self.path());
         for var in FMIG_ENV {
