@@ -15,7 +15,7 @@ use crate::connect::{ConnectOptions, DbUrl, Side};
 const EXAMPLES: &str = "\
 The maintenance window, in order:
   fmig export --dry-run        tables, import order, row counts, users; touches nothing
-  fmig export                  source -> ./migration-data            (not yet available)
+  fmig export                  source -> ./migration-data: one snapshot, JSON files, checksums
   fmig migrate-users           users -> Stack Auth + user-mapping.json (not yet available)
   fmig import                  ./migration-data -> target            (not yet available)
   fmig verify                  prove target == source                (not yet available)
@@ -76,13 +76,18 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Export the tables and the Supabase users from the source into the export directory.
     ///
+    /// Writes <table>.json per table, auth_users.json (users with their identities) and, last,
+    /// metadata.json (counts, sizes, SHA-256s, content checksums, column types). Every file
+    /// comes from the same read-only snapshot; each is complete or absent, and an export that
+    /// fails leaves no metadata.json. Files are mode 0600.
+    ///
     /// With --dry-run, list what would be exported, in import order with levels computed from
     /// the source's foreign keys, exact row counts and sizes, the user-id columns, and the
     /// auth.users population, all from one read-only snapshot; and report where the built-in
     /// table list disagrees with the database. Exit code 1 when a listed table is missing or the
     /// order would break a foreign key.
     #[command(
-        after_help = "Examples:\n  fmig export --dry-run\n  fmig export --dry-run --skip-large --json\n  fmig export --dry-run --table sites --table areas"
+        after_help = "Examples:\n  fmig export --dry-run\n  fmig export --dry-run --skip-large --json\n  fmig export\n  fmig export --jobs 4 --gzip\n  fmig export --table sites,areas --skip-auth --output-dir /tmp/partial"
     )]
     Export(ExportArgs),
 
@@ -168,6 +173,15 @@ pub struct ExportArgs {
     /// Leave out auth.users and auth.identities.
     #[arg(long)]
     pub skip_auth: bool,
+
+    /// Tables exported at the same time, each on its own connection, all reading the same
+    /// snapshot.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub jobs: u16,
+
+    /// Write `<table>.json.gz` instead of `<table>.json` (import reads both).
+    #[arg(long)]
+    pub gzip: bool,
 
     /// Show what would be exported and touch nothing.
     #[arg(long)]

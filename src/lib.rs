@@ -7,14 +7,17 @@
 //! database says), [`supabase`] (auth.users), [`logging`] and [`progress`], [`report`].
 
 pub mod catalog;
+pub mod checksum;
 pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod connect;
 pub mod copy_binary;
+pub mod files;
 pub mod ident;
 pub mod logging;
 pub mod manifest;
+pub mod metadata;
 pub mod progress;
 pub mod redact;
 pub mod report;
@@ -37,7 +40,7 @@ pub enum Outcome {
 pub async fn run(command: &Command) -> Result<Outcome> {
     match command {
         Command::Export(args) if args.dry_run => commands::dry_run::run(args).await,
-        Command::Export(_) => not_yet("export without --dry-run", 3),
+        Command::Export(args) => commands::export::run(args).await,
         Command::MigrateUsers(_) => not_yet("migrate-users", 6),
         Command::Import(_) => not_yet("import", 5),
         Command::Verify(_) => not_yet("verify", 7),

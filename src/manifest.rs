@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use crate::catalog::Discovered;
@@ -81,6 +82,34 @@ pub fn builtin() -> &'static [TableSpec] {
 /// Looks a table up by name in a manifest.
 pub fn find<'a>(manifest: &'a [TableSpec], name: &str) -> Option<&'a TableSpec> {
     manifest.iter().find(|t| t.name == name)
+}
+
+/// The manifest tables named by `--table` (all when none) minus the large ones with
+/// `--skip-large`. An unknown name is an error that lists the known ones.
+pub fn select(
+    manifest: &[TableSpec],
+    names: &[String],
+    skip_large: bool,
+) -> Result<BTreeSet<&'static str>> {
+    let mut selected = BTreeSet::new();
+    for name in names {
+        let name = name.trim();
+        let Some(spec) = manifest.iter().find(|t| t.name == name) else {
+            let known: Vec<&str> = manifest.iter().map(|t| t.name).collect();
+            bail!(
+                "--table {name:?} is not one of fmig's tables; known tables: {}",
+                known.join(", ")
+            );
+        };
+        selected.insert(spec.name);
+    }
+    if names.is_empty() {
+        selected.extend(manifest.iter().map(|t| t.name));
+    }
+    if skip_large {
+        selected.retain(|name| !find(manifest, name).is_some_and(|t| t.large));
+    }
+    Ok(selected)
 }
 
 /// How much a disagreement matters.

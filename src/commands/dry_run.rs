@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio_postgres::IsolationLevel;
 use tracing::{error, info, warn};
@@ -71,7 +71,7 @@ pub struct Finding {
 pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     let url = args.source.url()?;
     let manifest = manifest::builtin();
-    let selected = select_tables(manifest, &args.tables, args.skip_large)?;
+    let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
 
     let spinner = progress::spinner(&format!("connecting to {}", url.host));
     let mut client = connect::connect(&url, &args.connect.options()).await?;
@@ -139,34 +139,6 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     } else {
         Ok(Outcome::Success)
     }
-}
-
-/// The manifest tables named by `--table` (all when none) minus the large ones with
-/// `--skip-large`. An unknown name is an error that lists the known ones.
-fn select_tables(
-    manifest: &[TableSpec],
-    names: &[String],
-    skip_large: bool,
-) -> Result<BTreeSet<&'static str>> {
-    let mut selected = BTreeSet::new();
-    for name in names {
-        let name = name.trim();
-        let Some(spec) = manifest.iter().find(|t| t.name == name) else {
-            let known: Vec<&str> = manifest.iter().map(|t| t.name).collect();
-            bail!(
-                "--table {name:?} is not one of fmig's tables; known tables: {}",
-                known.join(", ")
-            );
-        };
-        selected.insert(spec.name);
-    }
-    if names.is_empty() {
-        selected.extend(manifest.iter().map(|t| t.name));
-    }
-    if skip_large {
-        selected.retain(|name| !manifest::find(manifest, name).is_some_and(|t| t.large));
-    }
-    Ok(selected)
 }
 
 async fn table_line(

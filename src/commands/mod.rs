@@ -1,3 +1,4 @@
 //! One module per subcommand. Each exposes a `run` that reads top-down.
 
 pub mod dry_run;
+pub mod export;

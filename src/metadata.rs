@@ -1,0 +1,168 @@
+//! `metadata.json`: the table of contents of an export directory, and the contract between
+//! `export`, `import` and `verify`.
+//!
+//! It is written last, after every data file is in place, so its presence means the export
+//! finished. For each file it records the row count, size, SHA-256 and content checksum, and the
+//! columns with their PostgreSQL types, so the files are self-describing.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::RecordedChecksum;
+use crate::codec::ColumnKind;
+
+pub const FILE_NAME: &str = "metadata.json";
+pub const AUTH_USERS_FILE: &str = "auth_users.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub format_version: u32,
+    pub fmig_version: String,
+    /// When the snapshot was taken (ISO 8601, UTC).
+    pub exported_at: String,
+    /// The source URL with the password masked.
+    pub source: String,
+    pub server_version: String,
+    /// `pg_export_snapshot()` of the transaction every file was read in.
+    pub snapshot_id: String,
+    pub gzip: bool,
+    /// In import order.
+    pub tables: Vec<FileEntry>,
+    /// `None` with `--skip-auth`.
+    pub auth_users: Option<FileEntry>,
+    pub total_rows: u64,
+    pub total_bytes: u64,
+    pub seconds: f64,
+}
+
+/// One exported file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Table name (`auth_users` for the users file).
+    pub name: String,
+    pub schema: String,
+    /// File name relative to the export directory.
+    pub file: String,
+    /// Level computed from the source's foreign keys.
+    pub level: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
+    pub checksum: RecordedChecksum,
+    pub columns: Vec<ColumnEntry>,
+    /// User-id columns (listed and discovered by foreign key).
+    pub user_id_columns: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnEntry {
+    pub name: String,
+    /// `format_type()`: `numeric(6,2)`, `text[]`, `public.alert_severity`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub type_oid: u32,
+    /// How the value is written in JSON (see `codec::ColumnKind::name`), `text` for anything
+    /// exported in its PostgreSQL text form; arrays as `array:<element>`.
+    pub json: String,
+    pub not_null: bool,
+    pub generated: bool,
+}
+
+impl Metadata {
+    /// Reads and checks `metadata.json` of an export directory.
+    pub fn load(dir: &Path) -> Result<Metadata> {
+        let path = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "could not read {}: the export in {} is missing or did not finish; run fmig export again",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let metadata: Metadata = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid fmig metadata", path.display()))?;
+        if metadata.format_version != FORMAT_VERSION {
+            bail!(
+                "{} has format version {}, this fmig reads version {FORMAT_VERSION}",
+                path.display(),
+                metadata.format_version
+            );
+        }
+        Ok(metadata)
+    }
+
+    pub fn table(&self, name: &str) -> Option<&FileEntry> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+}
+
+impl ColumnEntry {
+    /// The JSON kind recorded in `json`, or `None` for a label this fmig does not know.
+    pub fn kind(&self) -> Option<ColumnKind> {
+        kind_from_label(&self.json)
+    }
+}
+
+/// `int4`, `text`, `array:numeric`: how a column's JSON kind is written in `metadata.json`.
+pub fn kind_label(kind: &ColumnKind) -> String {
+    match kind {
+        ColumnKind::Array(element) => format!("array:{}", element.name()),
+        k => k.name().to_string(),
+    }
+}
+
+/// The inverse of [`kind_label`].
+pub fn kind_from_label(label: &str) -> Option<ColumnKind> {
+    if let Some(element) = label.strip_prefix("array:") {
+        return match kind_from_label(element)? {
+            ColumnKind::Array(_) => None,
+            k => Some(ColumnKind::Array(Box::new(k))),
+        };
+    }
+    use ColumnKind::*;
+    [
+        Bool,
+        Int2,
+        Int4,
+        Int8,
+        Float4,
+        Float8,
+        Numeric,
+        Text,
+        Uuid,
+        Date,
+        Time,
+        Timestamp,
+        Timestamptz,
+        Json,
+        Jsonb,
+        Bytea,
+    ]
+    .into_iter()
+    .find(|k| k.name() == label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_labels_round_trip() {
+        for kind in [
+            ColumnKind::Numeric,
+            ColumnKind::Timestamptz,
+            ColumnKind::Array(Box::new(ColumnKind::Text)),
+            ColumnKind::Array(Box::new(ColumnKind::Jsonb)),
+        ] {
+            assert_eq!(kind_from_label(&kind_label(&kind)), Some(kind));
+        }
+        assert_eq!(kind_from_label("array:array:int4"), None);
+        assert_eq!(kind_from_label("money"), None);
+    }
+}
