@@ -390,6 +390,228 @@ pub async fn total_size(client: &impl GenericClient, table: &QualifiedName) -> R
     Ok(row.get(0))
 }
 
+/// A type as `pg_type` describes it, with what comparing two databases' columns needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TypeInfo {
+    pub oid: u32,
+    /// `format_type(oid, NULL)`: `numeric`, `character varying`, `text[]`, `app_role`.
+    pub name: String,
+    /// `pg_type.typtype`: b(ase), c(omposite), d(omain), e(num), p(seudo), r(ange), m(ultirange).
+    pub kind: char,
+    /// `pg_type.typcategory`; `A` for arrays.
+    pub category: char,
+    /// For an array type, its element type.
+    pub element: Option<u32>,
+    /// For a domain, the type it is declared over (possibly another domain) and its modifier.
+    pub base: Option<u32>,
+    pub base_typmod: i32,
+    /// For an enum, its labels in declared order.
+    pub enum_labels: Vec<String>,
+    /// For a domain: `NOT NULL`, and its CHECK constraints as `pg_get_constraintdef` prints
+    /// them, sorted, so two databases' domains compare as text.
+    pub domain_not_null: bool,
+    pub domain_checks: Vec<String>,
+}
+
+/// The types `oids` and every type they are built on (array elements, domain bases), by oid.
+pub async fn types(client: &impl GenericClient, oids: &[u32]) -> Result<BTreeMap<u32, TypeInfo>> {
+    // typelem is followed for arrays only: fixed-length types such as `name` or `point` have a
+    // typelem too, but are not containers of it.
+    let rows = client
+        .query(
+            "WITH RECURSIVE closure(oid) AS ( \
+                 SELECT unnest($1::oid[]) \
+                 UNION \
+                 SELECT v.x FROM closure c JOIN pg_type t ON t.oid = c.oid, \
+                      LATERAL (VALUES (CASE WHEN t.typcategory = 'A' THEN t.typelem END), \
+                                      (NULLIF(t.typbasetype, 0))) AS v(x) \
+                 WHERE v.x IS NOT NULL AND v.x <> 0) \
+             SELECT t.oid, format_type(t.oid, NULL), t.typtype::text, t.typcategory::text, \
+                    CASE WHEN t.typcategory = 'A' AND t.typelem <> 0 THEN t.typelem END, \
+                    NULLIF(t.typbasetype, 0), t.typtypmod, \
+                    ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid \
+                          ORDER BY e.enumsortorder), \
+                    t.typnotnull, \
+                    ARRAY(SELECT pg_get_constraintdef(k.oid) FROM pg_constraint k \
+                          WHERE k.contypid = t.oid AND k.contype = 'c' ORDER BY 1) \
+             FROM pg_type t JOIN closure c ON c.oid = t.oid",
+            &[&oids],
+        )
+        .await
+        .context("could not read the column types")?;
+    let mut types = BTreeMap::new();
+    for row in rows {
+        let char_of = |i: usize| row.get::<_, String>(i).chars().next().unwrap_or(' ');
+        let info = TypeInfo {
+            oid: row.get(0),
+            name: row.get(1),
+            kind: char_of(2),
+            category: char_of(3),
+            element: row.get(4),
+            base: row.get(5),
+            base_typmod: row.get(6),
+            enum_labels: row.get(7),
+            domain_not_null: row.get(8),
+            domain_checks: row.get(9),
+        };
+        types.insert(info.oid, info);
+    }
+    Ok(types)
+}
+
+/// `atttypmod` of every column of the schema's tables, by (table, column): the length of
+/// `varchar(n)`, the precision and scale of `numeric(p,s)`, the precision of `timestamp(p)`;
+/// -1 for none. For an array column it is the element's modifier.
+pub async fn column_typmods(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<BTreeMap<(String, String), i32>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, a.attname::text, a.atttypmod \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("could not read the column modifiers of schema {schema}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get(2)))
+        .collect())
+}
+
+/// How a partitioned table is split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionInfo {
+    /// `pg_get_partkeydef`: `RANGE (recorded_at)`.
+    pub key: String,
+    /// Direct partitions.
+    pub partitions: i64,
+    /// Whether a DEFAULT partition catches rows that fit no other partition.
+    pub has_default: bool,
+}
+
+/// The partitioned tables of a schema, by name.
+pub async fn partitions(
+    client: &impl GenericClient,
+    schema: &str,
+) -> Result<BTreeMap<String, PartitionInfo>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_get_partkeydef(c.oid), \
+                    (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid), \
+                    EXISTS (SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhrelid \
+                            WHERE i.inhparent = c.oid \
+                              AND pg_get_expr(p.relpartbound, p.oid) = 'DEFAULT') \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'p' AND NOT c.relispartition",
+            &[&schema],
+        )
+        .await
+        .with_context(|| format!("could not read the partitioned tables of schema {schema}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.get(0),
+                PartitionInfo {
+                    key: row.get(1),
+                    partitions: row.get(2),
+                    has_default: row.get(3),
+                },
+            )
+        })
+        .collect())
+}
+
+/// A uuid column without a foreign key, measured against `auth.users`: how many of its
+/// non-NULL values are ids of users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserIdsByValue {
+    pub table: String,
+    pub column: String,
+    pub non_null: i64,
+    /// Non-NULL values that are an `auth.users.id`.
+    pub matching: i64,
+}
+
+/// Finds user-id columns by their values: every scalar uuid column of `tables` that is neither
+/// covered by a foreign key (a column referencing `units(id)` holds unit ids, one referencing
+/// `auth.users(id)` is already known) nor the table's single-column primary key, with the share
+/// of its values that are `auth.users` ids. One scan per table that has such columns, in the
+/// caller's snapshot. Empty when the database has no `auth.users`.
+pub async fn user_ids_by_value(
+    client: &impl GenericClient,
+    schema: &str,
+    tables: &[&str],
+) -> Result<Vec<UserIdsByValue>> {
+    let present: bool = client
+        .query_one("SELECT to_regclass('auth.users') IS NOT NULL", &[])
+        .await
+        .context("could not check for auth.users")?
+        .get(0);
+    if !present {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT c.relname::text, a.attname::text \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p') \
+               AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.atttypid = 'uuid'::regtype \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid \
+                               AND k.contype = 'f' AND a.attnum = ANY (k.conkey)) \
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid \
+                               AND k.contype = 'p' AND k.conkey = ARRAY[a.attnum]) \
+             ORDER BY c.relname, a.attnum",
+            &[&schema, &tables],
+        )
+        .await
+        .with_context(|| format!("could not list the uuid columns of schema {schema}"))?;
+    let mut candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in rows {
+        candidates.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    let mut found = Vec::new();
+    for (table, columns) in candidates {
+        let name = QualifiedName::new(schema, table.as_str());
+        let aggregates: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let c = crate::ident::quote_ident(c);
+                format!(
+                    "count(t.{c}), count(*) FILTER (WHERE EXISTS \
+                     (SELECT 1 FROM auth.users u WHERE u.id = t.{c}))"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} AS t",
+            aggregates.join(", "),
+            name.quoted()
+        );
+        let row = client.query_one(sql.as_str(), &[]).await.with_context(|| {
+            format!("could not compare the uuid columns of {name} with auth.users")
+        })?;
+        for (i, column) in columns.into_iter().enumerate() {
+            found.push(UserIdsByValue {
+                table: table.clone(),
+                column,
+                non_null: row.get(2 * i),
+                matching: row.get(2 * i + 1),
+            });
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,11 @@ The maintenance window, in order:
   fmig export --dry-run        tables, import order, row counts, users; touches nothing
   fmig export                  source -> ./migration-data: one snapshot, JSON files, checksums
   fmig migrate-users           users -> Stack Auth + user-mapping.json (not yet available)
-  fmig import                  ./migration-data -> target            (not yet available)
+  fmig import                  ./migration-data -> target, user ids rewritten, resumable
   fmig verify                  prove target == source                (not yet available)
+
+Before the window: fmig plan compares the two schemas; fmig plan --write-template starts
+the column mapping (fmig.toml) for the differences it finds.
 
 Configuration comes from the environment or a .env file (see .env.example):
   SUPABASE_DB_URL  source: the direct connection, port 5432, e.g.
@@ -95,14 +98,37 @@ pub enum Command {
     /// (Not yet available.)
     MigrateUsers(NotYetArgs),
 
-    /// Load the export directory into the target, rewriting user ids. (Not yet available.)
-    Import(NotYetArgs),
+    /// Load the export directory into the target, rewriting user ids.
+    ///
+    /// Checks every file against metadata.json (SHA-256, row count) and every user id against
+    /// user-mapping.json before the first write. Then loads the tables in the target's
+    /// foreign-key order with COPY, --batch-size rows per transaction, each transaction also
+    /// advancing a checkpoint in the target (fmig.import_progress): a re-run after a crash or
+    /// kill resumes after the last committed batch, with no duplicate and no gap. The column
+    /// mapping (fmig.toml, see `fmig plan`) renames, drops and computes columns. Sequences are
+    /// advanced to the imported maximum at the end.
+    #[command(
+        after_help = "Examples:\n  fmig import --dry-run\n  fmig import\n  fmig import --truncate-first --yes      # start over\n  fmig import --disable-fk                # then checks every foreign key for orphans"
+    )]
+    Import(ImportArgs),
 
     /// Compare the target with the source, table by table. (Not yet available.)
     Verify(NotYetArgs),
 
-    /// Compare source and target schemas before the window. (Not yet available.)
-    Plan(NotYetArgs),
+    /// Compare the source and target schemas before the window, with the column mapping.
+    ///
+    /// Reads both databases (read-only snapshots) and lists, per table, every difference:
+    /// renamed, retyped, source-only and target-only columns, enum labels, domains, NOT NULL
+    /// and defaults, generated and identity columns, partitioning, foreign keys, import levels,
+    /// and user-id columns (configured, by foreign key to auth.users, and by value). Each is
+    /// ok, lossy (data may change: the affected values are counted on the source) or blocking
+    /// (the import would fail or lose data silently). The mapping file (fmig.toml) settles
+    /// differences: rename, drop, set expressions, user-id columns, skip. Exit code 1 while
+    /// anything is blocking.
+    #[command(
+        after_help = "Examples:\n  fmig plan\n  fmig plan --write-template          # writes ./fmig.toml to edit\n  fmig plan --mapping-config staging.toml --json"
+    )]
+    Plan(PlanArgs),
 }
 
 /// Where the source database is and how to reach it.
@@ -123,6 +149,21 @@ pub struct SourceOpts {
 impl SourceOpts {
     pub fn url(&self) -> Result<DbUrl> {
         parse_url(Side::Source, self.source_url.as_deref())
+    }
+}
+
+/// Where the target database is and how to reach it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Target database")]
+pub struct TargetOpts {
+    /// Target (self-hosted) database URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub target_url: Option<String>,
+}
+
+impl TargetOpts {
+    pub fn url(&self) -> Result<DbUrl> {
+        parse_url(Side::Target, self.target_url.as_deref())
     }
 }
 
@@ -193,6 +234,102 @@ pub struct ExportArgs {
 
     #[command(flatten)]
     pub source: SourceOpts,
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Plan options")]
+pub struct PlanArgs {
+    /// The column mapping file (TOML). Default: ./fmig.toml when it exists, else no mapping.
+    #[arg(long, value_name = "PATH")]
+    pub mapping_config: Option<PathBuf>,
+
+    /// Write a commented starting mapping, one entry per difference, to PATH (default
+    /// ./fmig.toml). It describes every difference, so the current mapping is not applied.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "fmig.toml")]
+    pub write_template: Option<PathBuf>,
+
+    /// With --write-template: replace an existing file.
+    #[arg(long, requires = "write_template")]
+    pub force: bool,
+
+    /// Print the report as JSON on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub source: SourceOpts,
+    #[command(flatten)]
+    pub target: TargetOpts,
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+}
+
+/// What to do with a user id that user-mapping.json does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unmapped {
+    /// Stop before writing anything and list the ids (default).
+    Fail,
+    /// Write NULL instead (only for nullable columns).
+    Null,
+    /// Keep the old Supabase id (it will point at no Stack Auth user).
+    Keep,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Import options")]
+pub struct ImportArgs {
+    /// The export directory to load (written by fmig export).
+    #[arg(
+        long,
+        env = "EXPORT_DIR",
+        hide_env_values = true,
+        default_value = "./migration-data",
+        value_name = "DIR"
+    )]
+    pub input_dir: PathBuf,
+
+    /// The user mapping written by fmig migrate-users (default: <input-dir>/user-mapping.json).
+    #[arg(long, value_name = "PATH")]
+    pub mapping: Option<PathBuf>,
+
+    /// The column mapping file (TOML). Default: ./fmig.toml when it exists, else no mapping.
+    #[arg(long, value_name = "PATH")]
+    pub mapping_config: Option<PathBuf>,
+
+    /// Only this table (repeat the flag, or separate names with commas).
+    #[arg(long = "table", value_name = "NAME", value_delimiter = ',')]
+    pub tables: Vec<String>,
+
+    /// Rows per transaction; each commits together with its checkpoint.
+    #[arg(long, value_name = "ROWS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub batch_size: u32,
+
+    /// Empty the imported target tables and forget the checkpoints first. Needs --yes.
+    #[arg(long)]
+    pub truncate_first: bool,
+
+    /// Confirm --truncate-first.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Load with foreign-key and other triggers off (session_replication_role = replica, needs
+    /// superuser), then check every foreign key of the imported tables for orphans.
+    #[arg(long)]
+    pub disable_fk: bool,
+
+    /// What to do with user ids that have no mapping.
+    #[arg(long, value_enum, default_value_t = Unmapped::Fail)]
+    pub unmapped: Unmapped,
+
+    /// Check the files, hashes, user mapping, column mapping and target tables, print what
+    /// would be loaded, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub target: TargetOpts,
     #[command(flatten)]
     pub connect: ConnectOpts,
 }

@@ -10,17 +10,21 @@ pub mod catalog;
 pub mod checksum;
 pub mod cli;
 pub mod codec;
+pub mod column_map;
 pub mod commands;
 pub mod connect;
 pub mod copy_binary;
+pub mod copy_text;
 pub mod files;
 pub mod ident;
+pub mod json_rows;
 pub mod logging;
 pub mod manifest;
 pub mod metadata;
 pub mod progress;
 pub mod redact;
 pub mod report;
+pub mod schema_diff;
 pub mod supabase;
 
 use anyhow::{Result, bail};
@@ -42,9 +46,9 @@ pub async fn run(command: &Command) -> Result<Outcome> {
         Command::Export(args) if args.dry_run => commands::dry_run::run(args).await,
         Command::Export(args) => commands::export::run(args).await,
         Command::MigrateUsers(_) => not_yet("migrate-users", 6),
-        Command::Import(_) => not_yet("import", 5),
+        Command::Import(args) => commands::import::run(args).await,
         Command::Verify(_) => not_yet("verify", 7),
-        Command::Plan(_) => not_yet("plan", 4),
+        Command::Plan(args) => commands::plan::run(args).await,
     }
 }
 

@@ -2,3 +2,5 @@
 
 pub mod dry_run;
 pub mod export;
+pub mod import;
+pub mod plan;

@@ -1,0 +1,1588 @@
+//! The column mapping file (`fmig.toml`): how each table's source columns become its target
+//! columns, decided and reviewed before the maintenance window.
+//!
+//! The self-hosted schema is a rewrite of the Supabase one, so copying columns by name fails on
+//! the first renamed column. This module is the one place that knows the mapping: `plan` checks
+//! it, `import` builds its column lists and expressions from [`ColumnMap::resolve`], and
+//! `verify` compares each target column with what [`TableMap`] says it was made from.
+//!
+//! # Format
+//!
+//! ```toml
+//! [tables.manual_temperature_logs]      # a manifest (source) table name
+//! rename = { logged_at = "recorded_at" } # source column = target column
+//! drop = ["legacy_note"]                 # source columns whose data is left behind, on purpose
+//! user_id_columns = { add = ["created_by"], remove = ["entity_id"] }
+//! skip = false                           # true: the table is not migrated at all
+//! target = "manual_temperature_logs"     # the table's name in the target, when it differs
+//!
+//! [tables.manual_temperature_logs.set]   # target column = SQL expression over source columns
+//! temp_unit = "'celsius'"
+//! ```
+//!
+//! Unknown keys are errors, and so are names that do not exist (a table that is not one of
+//! fmig's, a source or target column that is not there); every error names the file, line and
+//! column. A missing default file (`./fmig.toml`) means "no mapping"; a file given with
+//! `--mapping-config` must exist.
+//!
+//! # How a target column gets its value ([`ColumnMap::resolve`])
+//!
+//! For each target column, in the target's column order:
+//! 1. generated columns are never written (the target computes them);
+//! 2. a `set` expression wins;
+//! 3. else the source column renamed to it;
+//! 4. else the source column of the same name, unless that one is renamed away or dropped;
+//! 5. else nothing is written: the target's default (or identity) fills it, or NULL, and a
+//!    NOT NULL column without a default is [`Unwritten::Missing`] (the import would fail).
+//!
+//! # The expression contract (shared by `plan`, `import` and `verify`)
+//!
+//! A `set` expression is evaluated **on the target**, once per row, as
+//! `CAST((<expression>) AS <target column type>)` in a query whose `FROM` is the source row,
+//! aliased `src`. `src` has every source column, named as in the source and typed with the
+//! source column's type when it is built in, else `text` (see [`staging_type`]). User-id
+//! columns already hold the new Stack Auth ids when expressions see them, so a
+//! lookup such as `(SELECT p.id FROM public.profiles AS p WHERE p.user_id = src.profile_id)`
+//! finds the profile imported earlier. `plan` only prepares the expression (it is parsed and
+//! type-checked, never run) against a row of NULLs: see [`expression_probe`].
+//!
+//! # User-id columns
+//!
+//! [`ColumnMap::user_id_columns`]: fmig's built-in list, plus the columns with a foreign key to
+//! `auth.users(id)`, plus `user_id_columns.add`, minus `user_id_columns.remove` (source names).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Statement, Transaction};
+use toml::Spanned;
+
+use crate::catalog::{Column, Discovered, TableInfo};
+use crate::ident::quote_ident;
+use crate::manifest::{self, TableSpec};
+
+/// The mapping file read when `--mapping-config` is not given.
+pub const DEFAULT_PATH: &str = "fmig.toml";
+
+/// A value from the mapping file with where it was written (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Located<T> {
+    pub value: T,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One `[tables.<name>]` section, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableConfig {
+    /// The section's source table name, located at its header.
+    pub name: Located<String>,
+    pub skip: bool,
+    pub target: Option<Located<String>>,
+    /// (source column, target column).
+    pub rename: Vec<(Located<String>, Located<String>)>,
+    pub drop: Vec<Located<String>>,
+    /// (target column, SQL expression).
+    pub set: Vec<(Located<String>, Located<String>)>,
+    pub user_ids_add: Vec<Located<String>>,
+    pub user_ids_remove: Vec<Located<String>>,
+}
+
+impl Default for Located<String> {
+    fn default() -> Self {
+        Located {
+            value: String::new(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
+/// The whole mapping: per source table, what the file says.
+#[derive(Clone, Debug, Default)]
+pub struct ColumnMap {
+    /// The file it was read from; `None` when there is no mapping.
+    path: Option<PathBuf>,
+    tables: BTreeMap<String, TableConfig>,
+}
+
+/// Where a target column's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum ColumnValue {
+    /// Copied from this source column (renamed when the names differ).
+    Source { column: String, source_type: String },
+    /// Computed by a `set` expression (see the module docs for the contract).
+    Expression { sql: String, line: usize },
+}
+
+/// A target column the import writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetColumn {
+    pub name: String,
+    /// `format_type` of the target column: `character varying(120)`, `app_role`.
+    pub target_type: String,
+    pub value: ColumnValue,
+}
+
+impl TargetColumn {
+    /// The column's value as an SQL select item over the source row `src`:
+    /// `src."col"` or `CAST((expr) AS type)`.
+    pub fn select_sql(&self) -> String {
+        match &self.value {
+            ColumnValue::Source { column, .. } => format!("src.{}", quote_ident(column)),
+            ColumnValue::Expression { sql, .. } => cast_sql(sql, &self.target_type),
+        }
+    }
+}
+
+/// Why a target column is not written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Unwritten {
+    /// `GENERATED ALWAYS AS (...) STORED`: computed by the target.
+    Generated,
+    /// Filled by the target's default expression.
+    Default { default: String },
+    /// `GENERATED ... AS IDENTITY`: numbered by the target.
+    Identity,
+    /// Nullable without default: stays NULL.
+    Null,
+    /// NOT NULL, no default, no source, no expression: every insert would fail.
+    Missing,
+}
+
+/// A target column nothing is written to, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UnwrittenColumn {
+    pub name: String,
+    #[serde(flatten)]
+    pub reason: Unwritten,
+}
+
+/// One table, resolved against both catalogs: what `import` writes and `verify` compares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TableMap {
+    pub source_table: String,
+    pub target_table: String,
+    /// `skip = true`: nothing of this table is migrated; the lists below are empty.
+    pub skip: bool,
+    /// The target columns written, in target column order.
+    pub columns: Vec<TargetColumn>,
+    /// Target columns not written, in target column order.
+    pub unwritten: Vec<UnwrittenColumn>,
+    /// Source columns left behind on purpose (`drop`).
+    pub dropped: Vec<String>,
+    /// Source columns not copied anywhere but named in a `set` expression.
+    pub used_by_expressions: Vec<String>,
+    /// Source columns with nowhere to go, not dropped and not used by an expression: their data
+    /// would be lost silently, so `plan` blocks on them (when they hold data) and `import`
+    /// must refuse them.
+    pub unmapped: Vec<String>,
+    /// Source columns holding `auth.users` ids, rewritten to Stack Auth ids before anything
+    /// else sees them (see [`ColumnMap::user_id_columns`]).
+    pub user_id_columns: Vec<String>,
+}
+
+impl TableMap {
+    /// The target column written from source column `source`, if any.
+    pub fn target_of(&self, source: &str) -> Option<&TargetColumn> {
+        self.columns
+            .iter()
+            .find(|c| matches!(&c.value, ColumnValue::Source { column, .. } if column == source))
+    }
+
+    /// The target column called `name`, if it is written.
+    pub fn column(&self, name: &str) -> Option<&TargetColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// A change to the mapping that would settle a difference; `plan --write-template` writes these
+/// as commented-out lines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "key", rename_all = "snake_case")]
+pub enum Suggestion {
+    Rename { from: String, to: String },
+    Drop { column: String },
+    Set { column: String, expression: String },
+    AddUserId { column: String },
+    RemoveUserId { column: String },
+    Skip,
+}
+
+// The file as serde sees it; spans come along so every later error can point at a line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    tables: BTreeMap<Spanned<String>, Spanned<RawTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    #[serde(default)]
+    skip: Option<bool>,
+    #[serde(default)]
+    target: Option<Spanned<String>>,
+    #[serde(default)]
+    rename: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    drop: Vec<Spanned<String>>,
+    #[serde(default)]
+    set: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    user_id_columns: Option<RawUserIds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserIds {
+    #[serde(default)]
+    add: Vec<Spanned<String>>,
+    #[serde(default)]
+    remove: Vec<Spanned<String>>,
+}
+
+/// Problems found in a mapping file, each with its place; displayed one per line.
+#[derive(Debug)]
+pub struct MappingErrors {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a mapping file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for MappingErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.path.display();
+        if let [only] = self.problems.as_slice() {
+            return write!(f, "{file}:{}:{}: {}", only.line, only.column, only.message);
+        }
+        write!(
+            f,
+            "the mapping file {file} has {} problems:",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {file}:{}:{}: {}", p.line, p.column, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for MappingErrors {}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
+    (line, column)
+}
+
+fn locate<T: Clone>(text: &str, spanned: &Spanned<T>) -> Located<T> {
+    let (line, column) = line_col(text, spanned.span().start);
+    Located {
+        value: spanned.get_ref().clone(),
+        line,
+        column,
+    }
+}
+
+impl ColumnMap {
+    /// No mapping: every column is copied by name.
+    pub fn empty() -> ColumnMap {
+        ColumnMap::default()
+    }
+
+    /// Reads the mapping: `path` when given (it must exist), else `./fmig.toml` when it exists,
+    /// else the empty mapping.
+    pub fn load(path: Option<&Path>) -> Result<ColumnMap> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(ColumnMap::empty());
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+                "the mapping file {} does not exist (given with --mapping-config); \
+                 `fmig plan --write-template {}` writes a starting one",
+                path.display(),
+                path.display()
+            ),
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("could not read the mapping file {}", path.display())
+                });
+            }
+        };
+        Ok(ColumnMap::parse(&text, &path)?)
+    }
+
+    /// Parses a mapping file's text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> std::result::Result<ColumnMap, MappingErrors> {
+        let fail = |problems: Vec<Problem>| MappingErrors {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|err| {
+            let (line, column) = err.span().map_or((1, 1), |s| line_col(text, s.start));
+            fail(vec![Problem {
+                line,
+                column,
+                message: toml_message(&err),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        let mut tables = BTreeMap::new();
+        for (name, table) in raw.tables {
+            let name = locate(text, &name);
+            let (line, column) = line_col(text, table.span().start);
+            let table = table.into_inner();
+            let mut config = TableConfig {
+                name: Located {
+                    value: name.value.clone(),
+                    line,
+                    column,
+                },
+                skip: table.skip.unwrap_or(false),
+                target: table.target.as_ref().map(|t| locate(text, t)),
+                ..TableConfig::default()
+            };
+            for (from, to) in &table.rename {
+                let (from, to) = (locate(text, from), locate(text, to));
+                if from.value == to.value {
+                    problems.push(problem(
+                        &from,
+                        format!(
+                            "[tables.{}] rename: {} is renamed to itself",
+                            name.value, from.value
+                        ),
+                    ));
+                }
+                config.rename.push((from, to));
+            }
+            let mut seen = BTreeSet::new();
+            for column in &table.drop {
+                let column = locate(text, column);
+                if !seen.insert(column.value.clone()) {
+                    problems.push(problem(
+                        &column,
+                        format!(
+                            "[tables.{}] drop: {} is listed twice",
+                            name.value, column.value
+                        ),
+                    ));
+                }
+                config.drop.push(column);
+            }
+            for (column, expression) in &table.set {
+                let (column, expression) = (locate(text, column), locate(text, expression));
+                if expression.value.trim().is_empty() {
+                    problems.push(problem(
+                        &expression,
+                        format!(
+                            "[tables.{}.set] {}: the expression is empty (use \"NULL\" for NULL)",
+                            name.value, column.value
+                        ),
+                    ));
+                }
+                config.set.push((column, expression));
+            }
+            if let Some(ids) = &table.user_id_columns {
+                config.user_ids_add = ids.add.iter().map(|c| locate(text, c)).collect();
+                config.user_ids_remove = ids.remove.iter().map(|c| locate(text, c)).collect();
+                for column in &config.user_ids_add {
+                    if config
+                        .user_ids_remove
+                        .iter()
+                        .any(|r| r.value == column.value)
+                    {
+                        problems.push(problem(
+                            column,
+                            format!(
+                                "[tables.{}] user_id_columns: {} is both added and removed",
+                                name.value, column.value
+                            ),
+                        ));
+                    }
+                }
+            }
+            tables.insert(name.value, config);
+        }
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(ColumnMap {
+            path: Some(path.to_path_buf()),
+            tables,
+        })
+    }
+
+    /// The file the mapping came from (`None`: no mapping).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether the mapping says anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// The section for a source table, as written.
+    pub fn table(&self, source_table: &str) -> Option<&TableConfig> {
+        self.tables.get(source_table)
+    }
+
+    /// Whether `skip = true` leaves the table out.
+    pub fn is_skipped(&self, source_table: &str) -> bool {
+        self.table(source_table).is_some_and(|t| t.skip)
+    }
+
+    /// The table's name in the target (`target = ...`, else its own).
+    pub fn target_name<'a>(&'a self, source_table: &'a str) -> &'a str {
+        self.table(source_table)
+            .and_then(|t| t.target.as_ref())
+            .map_or(source_table, |t| t.value.as_str())
+    }
+
+    /// `file:line:column` of a place in the mapping file, for messages.
+    pub fn place<T>(&self, at: &Located<T>) -> String {
+        let file = self
+            .path
+            .as_deref()
+            .map_or_else(|| DEFAULT_PATH.to_string(), |p| p.display().to_string());
+        format!("{file}:{}:{}", at.line, at.column)
+    }
+
+    /// The source columns of `spec` that hold `auth.users` ids: the built-in list, plus the
+    /// columns with a foreign key to `auth.users(id)`, plus `user_id_columns.add`, minus
+    /// `user_id_columns.remove`; built-in ones first, no duplicates.
+    pub fn user_id_columns(&self, spec: &TableSpec, source: &Discovered) -> Vec<String> {
+        let mut columns = manifest::effective_user_id_columns(spec, source);
+        if let Some(config) = self.table(spec.name) {
+            for add in &config.user_ids_add {
+                if !columns.contains(&add.value) {
+                    columns.push(add.value.clone());
+                }
+            }
+            columns.retain(|c| !config.user_ids_remove.iter().any(|r| &r.value == c));
+        }
+        columns
+    }
+
+    /// Checks every name in the mapping against the manifest and both catalogs: tables are
+    /// fmig's, columns exist on the side they name, no two sources feed one target column.
+    /// Tables missing from a catalog are left to `plan`'s report; their columns are not checked
+    /// against that side.
+    pub fn validate(
+        &self,
+        specs: &[TableSpec],
+        source: &Discovered,
+        target: &Discovered,
+    ) -> std::result::Result<(), MappingErrors> {
+        let mut problems = Vec::new();
+        let mut targets_used: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, config) in &self.tables {
+            let at = &config.name;
+            if manifest::find(specs, name).is_none() {
+                let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+                problems.push(problem(
+                    at,
+                    format!(
+                        "[tables.{name}]: {name} is not one of fmig's tables; known tables: {}",
+                        known.join(", ")
+                    ),
+                ));
+                continue;
+            }
+            let target_name = self.target_name(name);
+            if let Some(other) = targets_used.insert(target_name, name) {
+                problems.push(problem(
+                    config.target.as_ref().unwrap_or(at),
+                    format!(
+                        "[tables.{name}]: target table {target_name} is also the target of {other}"
+                    ),
+                ));
+            }
+            if let Some(t) = &config.target
+                && !target.tables.contains_key(&t.value)
+            {
+                problems.push(problem(
+                    t,
+                    format!(
+                        "[tables.{name}] target: table {} does not exist in the target database",
+                        t.value
+                    ),
+                ));
+            }
+            let src = source.tables.get(name.as_str());
+            let tgt = target.tables.get(target_name);
+            validate_table(name, config, src, tgt, &mut problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            problems.sort_by_key(|p| (p.line, p.column));
+            Err(MappingErrors {
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH)),
+                problems,
+            })
+        }
+    }
+
+    /// Resolves one manifest table against both catalogs (see the module docs for the rules).
+    /// Fails when the table is missing on a side and not skipped; call [`ColumnMap::validate`]
+    /// first so names in the mapping are known to exist.
+    pub fn resolve(
+        &self,
+        spec: &TableSpec,
+        source: &Discovered,
+        target: &Discovered,
+    ) -> Result<TableMap> {
+        let source_table = spec.name.to_string();
+        let target_table = self.target_name(spec.name).to_string();
+        let mut map = TableMap {
+            source_table,
+            target_table,
+            skip: self.is_skipped(spec.name),
+            columns: Vec::new(),
+            unwritten: Vec::new(),
+            dropped: Vec::new(),
+            used_by_expressions: Vec::new(),
+            unmapped: Vec::new(),
+            user_id_columns: Vec::new(),
+        };
+        if map.skip {
+            return Ok(map);
+        }
+        let src = source
+            .tables
+            .get(spec.name)
+            .ok_or_else(|| anyhow!("table {} does not exist in the source database", spec.name))?;
+        let tgt = target.tables.get(&map.target_table).ok_or_else(|| {
+            anyhow!(
+                "table {} does not exist in the target database",
+                map.target_table
+            )
+        })?;
+        let empty = TableConfig::default();
+        let config = self.table(spec.name).unwrap_or(&empty);
+        let renamed_to = |target_column: &str| {
+            config
+                .rename
+                .iter()
+                .find(|(_, to)| to.value == target_column)
+                .map(|(from, _)| from.value.as_str())
+        };
+        let renamed_away = |source_column: &str| {
+            config
+                .rename
+                .iter()
+                .any(|(from, _)| from.value == source_column)
+        };
+        let dropped = |source_column: &str| config.drop.iter().any(|d| d.value == source_column);
+
+        for column in &tgt.columns {
+            if column.generated {
+                map.unwritten.push(UnwrittenColumn {
+                    name: column.name.clone(),
+                    reason: Unwritten::Generated,
+                });
+                continue;
+            }
+            let expression = config.set.iter().find(|(c, _)| c.value == column.name);
+            let from_source = renamed_to(&column.name).or_else(|| {
+                src.column(&column.name)
+                    .filter(|s| !renamed_away(&s.name) && !dropped(&s.name))
+                    .map(|s| s.name.as_str())
+            });
+            let value = match (expression, from_source) {
+                (Some((_, sql)), _) => Some(ColumnValue::Expression {
+                    sql: sql.value.clone(),
+                    line: sql.line,
+                }),
+                (None, Some(name)) => src.column(name).map(|s| ColumnValue::Source {
+                    column: s.name.clone(),
+                    source_type: s.type_name.clone(),
+                }),
+                (None, None) => None,
+            };
+            match value {
+                Some(value) => map.columns.push(TargetColumn {
+                    name: column.name.clone(),
+                    target_type: column.type_name.clone(),
+                    value,
+                }),
+                None => map.unwritten.push(UnwrittenColumn {
+                    name: column.name.clone(),
+                    reason: unwritten_reason(column),
+                }),
+            }
+        }
+
+        let expressions: Vec<&str> = config.set.iter().map(|(_, e)| e.value.as_str()).collect();
+        for column in &src.columns {
+            let copied = map.columns.iter().any(
+                |c| matches!(&c.value, ColumnValue::Source { column: s, .. } if *s == column.name),
+            );
+            // A same-named target column that has a `set` expression replaces this column on
+            // purpose: the expression decides what to do with it.
+            let replaced = !renamed_away(&column.name)
+                && config.set.iter().any(|(c, _)| c.value == column.name);
+            // A same-named generated target column recomputes it: nothing is lost.
+            let recomputed = !renamed_away(&column.name)
+                && tgt.column(&column.name).is_some_and(|c| c.generated);
+            if copied || replaced || recomputed {
+                continue;
+            }
+            if dropped(&column.name) {
+                map.dropped.push(column.name.clone());
+            } else if expressions.iter().any(|e| mentions(e, &column.name)) {
+                map.used_by_expressions.push(column.name.clone());
+            } else {
+                map.unmapped.push(column.name.clone());
+            }
+        }
+        map.user_id_columns = self.user_id_columns(spec, source);
+        Ok(map)
+    }
+}
+
+impl ColumnMap {
+    /// Checks every `set` expression on the target without running it: each is prepared as
+    /// [`expression_probe`] over a row of NULLs typed like the source row, inside a savepoint of
+    /// the caller's (read-only) transaction. Problems name the file, line, expression and the
+    /// server's message. Call after [`ColumnMap::validate`].
+    pub async fn check_expressions(
+        &self,
+        specs: &[TableSpec],
+        source: &Discovered,
+        target: &Discovered,
+        tx: &mut Transaction<'_>,
+    ) -> Result<()> {
+        let mut problems = Vec::new();
+        for (name, config) in &self.tables {
+            if config.set.is_empty() || config.skip || manifest::find(specs, name).is_none() {
+                continue;
+            }
+            let (Some(src), Some(tgt)) = (
+                source.tables.get(name.as_str()),
+                target.tables.get(self.target_name(name)),
+            ) else {
+                continue;
+            };
+            let row: Vec<(&str, &str)> = src
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), staging_type(c.type_oid, &c.type_name)))
+                .collect();
+            for (column, expression) in &config.set {
+                let Some(target_column) = tgt.column(&column.value) else {
+                    continue;
+                };
+                let sql = expression_probe(&expression.value, &target_column.type_name, &row);
+                if let Err(err) = prepare_checked(tx, &sql).await? {
+                    problems.push(problem(
+                        expression,
+                        format!(
+                            "[tables.{name}.set] {} = {:?}: the target rejects this expression: {}",
+                            column.value,
+                            expression.value,
+                            server_message(&err)
+                        ),
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(MappingErrors {
+            path: self
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH)),
+            problems,
+        }
+        .into())
+    }
+}
+
+/// Prepares `sql` (parsed and planned, never run) inside a savepoint, so that a statement the
+/// server rejects does not abort the caller's transaction. The outer error is a connection
+/// failure; the inner one is the server's verdict on `sql`.
+pub async fn prepare_checked(
+    tx: &mut Transaction<'_>,
+    sql: &str,
+) -> Result<std::result::Result<Statement, tokio_postgres::Error>> {
+    let savepoint = tx
+        .savepoint("fmig_probe")
+        .await
+        .context("could not open a savepoint on the target")?;
+    let result = savepoint.prepare(sql).await;
+    savepoint
+        .rollback()
+        .await
+        .context("could not roll back a savepoint on the target")?;
+    Ok(result)
+}
+
+/// The server's message, hint and SQLSTATE, or the client error's text.
+pub fn server_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_string();
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" (hint: {hint})"));
+            }
+            text.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            text
+        }
+        None => err.to_string(),
+    }
+}
+
+fn problem<T>(at: &Located<T>, message: String) -> Problem {
+    Problem {
+        line: at.line,
+        column: at.column,
+        message,
+    }
+}
+
+/// toml's message without its own location header (we print `file:line:column:` instead).
+fn toml_message(err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    let message = message.strip_suffix('.').unwrap_or(message);
+    format!("not a valid mapping file: {message}")
+}
+
+fn unwritten_reason(column: &Column) -> Unwritten {
+    if column.identity {
+        Unwritten::Identity
+    } else if let Some(default) = &column.default {
+        Unwritten::Default {
+            default: default.clone(),
+        }
+    } else if column.not_null {
+        Unwritten::Missing
+    } else {
+        Unwritten::Null
+    }
+}
+
+fn columns_list(info: &TableInfo) -> String {
+    let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
+    names.join(", ")
+}
+
+/// The name checks of one table section.
+fn validate_table(
+    name: &str,
+    config: &TableConfig,
+    src: Option<&TableInfo>,
+    tgt: Option<&TableInfo>,
+    problems: &mut Vec<Problem>,
+) {
+    let source_column = |at: &Located<String>, what: &str, problems: &mut Vec<Problem>| {
+        if let Some(src) = src
+            && src.column(&at.value).is_none()
+        {
+            problems.push(problem(
+                at,
+                format!(
+                    "[tables.{name}] {what}: source column {} does not exist in {name} \
+                     (its columns: {})",
+                    at.value,
+                    columns_list(src)
+                ),
+            ));
+        }
+    };
+    let target_column = |at: &Located<String>, what: &str, problems: &mut Vec<Problem>| {
+        if let Some(tgt) = tgt
+            && tgt.column(&at.value).is_none()
+        {
+            problems.push(problem(
+                at,
+                format!(
+                    "[tables.{name}] {what}: target column {} does not exist in {} \
+                     (its columns: {})",
+                    at.value,
+                    tgt.name,
+                    columns_list(tgt)
+                ),
+            ));
+        }
+    };
+
+    let mut fed: BTreeMap<&str, &Located<String>> = BTreeMap::new();
+    for (from, to) in &config.rename {
+        source_column(from, "rename", problems);
+        target_column(to, "rename", problems);
+        if let Some(previous) = fed.insert(&to.value, from) {
+            problems.push(problem(
+                to,
+                format!(
+                    "[tables.{name}] rename: {} and {} are both renamed to {}",
+                    previous.value, from.value, to.value
+                ),
+            ));
+        }
+        if config.drop.iter().any(|d| d.value == from.value) {
+            problems.push(problem(
+                from,
+                format!(
+                    "[tables.{name}] rename: {} is also dropped; keep one of the two",
+                    from.value
+                ),
+            ));
+        }
+        if config.set.iter().any(|(c, _)| c.value == to.value) {
+            problems.push(problem(
+                to,
+                format!(
+                    "[tables.{name}] rename: target column {} also has a set expression; \
+                     keep one of the two",
+                    to.value
+                ),
+            ));
+        }
+        // The same-named source column would feed this target column too.
+        if let Some(src) = src
+            && src.column(&to.value).is_some()
+            && !config.rename.iter().any(|(f, _)| f.value == to.value)
+            && !config.drop.iter().any(|d| d.value == to.value)
+        {
+            problems.push(problem(
+                to,
+                format!(
+                    "[tables.{name}] rename: {} -> {}, but the source also has a column {}, \
+                     which would be copied there too; drop or rename it",
+                    from.value, to.value, to.value
+                ),
+            ));
+        }
+    }
+    for column in &config.drop {
+        source_column(column, "drop", problems);
+    }
+    for (column, _) in &config.set {
+        target_column(column, "set", problems);
+        if let Some(tgt) = tgt
+            && tgt.column(&column.value).is_some_and(|c| c.generated)
+        {
+            problems.push(problem(
+                column,
+                format!(
+                    "[tables.{name}.set] {}: a generated column is computed by the target and \
+                     cannot be set",
+                    column.value
+                ),
+            ));
+        }
+    }
+    for column in &config.user_ids_add {
+        source_column(column, "user_id_columns.add", problems);
+    }
+    for column in &config.user_ids_remove {
+        source_column(column, "user_id_columns.remove", problems);
+    }
+}
+
+/// The type of a source column in the row `src` that expressions see: the source type when it is
+/// built in (the same on every server), `text` for user-defined types (enums, domains), whose
+/// namesake in the target may differ: an enum that lost a label would reject the very rows a
+/// `set` expression is there to fix.
+pub fn staging_type(type_oid: u32, type_name: &str) -> &str {
+    const FIRST_USER_OID: u32 = 16_384;
+    if type_oid < FIRST_USER_OID {
+        type_name
+    } else {
+        "text"
+    }
+}
+
+/// `CAST((expr) AS type)`: how every expression is applied, so the result has the target
+/// column's type whatever the expression's own type.
+pub fn cast_sql(expression: &str, target_type: &str) -> String {
+    format!("CAST(({expression}) AS {target_type})")
+}
+
+/// The statement `plan` prepares on the target to check an expression without running it:
+/// `SELECT CAST((expr) AS type) FROM (SELECT NULL::t1 AS "c1", ...) AS src LIMIT 0`.
+/// `source_columns` are (name, type as it exists on the target).
+pub fn expression_probe(
+    expression: &str,
+    target_type: &str,
+    source_columns: &[(&str, &str)],
+) -> String {
+    let row: Vec<String> = source_columns
+        .iter()
+        .map(|(name, ty)| format!("NULL::{ty} AS {}", quote_ident(name)))
+        .collect();
+    // A table without columns still needs a one-row source.
+    let row = if row.is_empty() {
+        "SELECT".to_string()
+    } else {
+        format!("SELECT {}", row.join(", "))
+    };
+    format!(
+        "SELECT {} FROM ({row}) AS src LIMIT 0",
+        cast_sql(expression, target_type)
+    )
+}
+
+/// Whether an SQL expression names `column`, as a bare word (case-insensitively, as
+/// PostgreSQL folds it) or as a quoted identifier, outside string literals. A textual check:
+/// good enough to tell "this source column feeds an expression" from "it is forgotten".
+pub fn mentions(expression: &str, column: &str) -> bool {
+    let chars: Vec<char> = expression.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == '\'' {
+                    if chars.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == '"' {
+            let mut name = String::new();
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == '"' {
+                    if chars.get(i + 1) == Some(&'"') {
+                        name.push('"');
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                name.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+            if name == column {
+                return true;
+            }
+        } else if c.is_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            if word.to_lowercase() == column {
+                return true;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// `# text` wrapped at `width` columns, continuation lines indented (`#   more`), so a reader
+/// tells a comment from a commented-out entry.
+fn wrap_comment(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::from("#");
+    for word in text.split_whitespace() {
+        let prefix_only = line == "#" || line == "#  ";
+        if !prefix_only && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from("#  ");
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// A TOML string for `value`, quoted the way the `toml` crate writes strings.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
+/// A TOML key: bare when it can be, quoted otherwise.
+pub fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        key.to_string()
+    } else {
+        toml_string(key)
+    }
+}
+
+/// One difference to describe in a template: a comment and, when a mapping entry settles it,
+/// the entry.
+#[derive(Clone, Debug)]
+pub struct TemplateNote {
+    pub table: String,
+    /// `BLOCKING`/`lossy` and what is wrong, one line.
+    pub comment: String,
+    pub suggestion: Option<Suggestion>,
+}
+
+/// Renders a commented starting mapping: one section per table with differences; every entry
+/// is commented out (`# key = value`) so the operator reviews each before removing the `# `.
+/// Entries of the same key in one table are merged into one line (`drop = ["a", "b"]`).
+pub fn render_template(header: &str, tables_in_order: &[&str], notes: &[TemplateNote]) -> String {
+    let mut out = String::new();
+    for line in header.lines() {
+        out.push_str(format!("# {line}").trim_end());
+        out.push('\n');
+    }
+    out.push_str(TEMPLATE_HELP);
+    for table in tables_in_order {
+        let notes: Vec<&TemplateNote> = notes.iter().filter(|n| n.table == *table).collect();
+        if notes.is_empty() {
+            continue;
+        }
+        let key = toml_key(table);
+        out.push_str(&format!("\n[tables.{key}]\n"));
+        for n in &notes {
+            out.push_str(&wrap_comment(&n.comment, 98));
+        }
+        // Both halves of a rename suggest it: each entry once.
+        let mut suggestions: Vec<&Suggestion> = Vec::new();
+        for s in notes.iter().filter_map(|n| n.suggestion.as_ref()) {
+            if !suggestions.contains(&s) {
+                suggestions.push(s);
+            }
+        }
+        if suggestions.iter().any(|s| matches!(s, Suggestion::Skip)) {
+            out.push_str("# skip = true\n");
+        }
+        let renames: Vec<String> = suggestions
+            .iter()
+            .filter_map(|s| match s {
+                Suggestion::Rename { from, to } => {
+                    Some(format!("{} = {}", toml_key(from), toml_string(to)))
+                }
+                _ => None,
+            })
+            .collect();
+        if !renames.is_empty() {
+            out.push_str(&format!("# rename = {{ {} }}\n", renames.join(", ")));
+        }
+        let list = |pick: &dyn Fn(&Suggestion) -> Option<String>| -> Vec<String> {
+            suggestions
+                .iter()
+                .filter_map(|s| pick(s))
+                .map(|c| toml_string(&c))
+                .collect()
+        };
+        let drops = list(&|s| match s {
+            Suggestion::Drop { column } => Some(column.clone()),
+            _ => None,
+        });
+        if !drops.is_empty() {
+            out.push_str(&format!("# drop = [{}]\n", drops.join(", ")));
+        }
+        let adds = list(&|s| match s {
+            Suggestion::AddUserId { column } => Some(column.clone()),
+            _ => None,
+        });
+        let removes = list(&|s| match s {
+            Suggestion::RemoveUserId { column } => Some(column.clone()),
+            _ => None,
+        });
+        let mut parts = Vec::new();
+        if !adds.is_empty() {
+            parts.push(format!("add = [{}]", adds.join(", ")));
+        }
+        if !removes.is_empty() {
+            parts.push(format!("remove = [{}]", removes.join(", ")));
+        }
+        if !parts.is_empty() {
+            out.push_str(&format!("# user_id_columns = {{ {} }}\n", parts.join(", ")));
+        }
+        let sets: Vec<String> = suggestions
+            .iter()
+            .filter_map(|s| match s {
+                Suggestion::Set { column, expression } => Some(format!(
+                    "# {} = {}\n",
+                    toml_key(column),
+                    toml_string(expression)
+                )),
+                _ => None,
+            })
+            .collect();
+        if !sets.is_empty() {
+            out.push_str(&format!("[tables.{key}.set]\n"));
+            for line in sets {
+                out.push_str(&line);
+            }
+        }
+    }
+    out
+}
+
+const TEMPLATE_HELP: &str = "#
+# One [tables.<source table>] section per table whose source and target differ. Each difference
+# is described in a comment; where a mapping entry settles it, the entry follows, commented out.
+# Review each entry, edit it if needed, remove its leading \"# \", then run `fmig plan` again until
+# it reports nothing blocking.
+#
+# Keys of a table section (all optional):
+#   rename = { source_column = \"target_column\" }
+#   drop = [\"source_column\"]          leave the column's data behind, on purpose
+#   user_id_columns = { add = [\"col\"], remove = [\"col\"] }
+#                                     columns holding auth.users ids, relative to fmig's list
+#   skip = true                       do not migrate the table
+#   target = \"name\"                   the table's name in the target
+# and, in a [tables.<source table>.set] section:
+#   target_column = \"SQL expression\"
+#       evaluated on the target for every row; the source row is `src`, with the source's column
+#       names and types, user ids already rewritten; the result is cast to the column's type.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Column;
+
+    fn parse(text: &str) -> std::result::Result<ColumnMap, MappingErrors> {
+        ColumnMap::parse(text, Path::new("fmig.toml"))
+    }
+
+    fn column(name: &str, type_name: &str) -> Column {
+        Column {
+            name: name.into(),
+            type_oid: 25,
+            type_name: type_name.into(),
+            type_kind: 'b',
+            type_category: 'S',
+            base_oid: None,
+            not_null: false,
+            default: None,
+            generated: false,
+            identity: false,
+        }
+    }
+
+    fn table(name: &str, columns: Vec<Column>) -> TableInfo {
+        TableInfo {
+            name: name.into(),
+            partitioned: false,
+            has_primary_key: true,
+            columns,
+        }
+    }
+
+    fn discovered(tables: Vec<TableInfo>) -> Discovered {
+        Discovered {
+            schema: "public".into(),
+            tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            ..Discovered::default()
+        }
+    }
+
+    fn logs_pair() -> (Discovered, Discovered) {
+        let mut id = column("id", "uuid");
+        id.not_null = true;
+        let source = discovered(vec![table(
+            "manual_temperature_logs",
+            vec![
+                id.clone(),
+                column("profile_id", "uuid"),
+                column("logged_at", "timestamp with time zone"),
+                column("legacy", "text"),
+                column("unit_label", "text"),
+                column("notes", "text"),
+            ],
+        )]);
+        let mut recorded = column("recorded_at", "timestamp with time zone");
+        recorded.not_null = true;
+        let mut archived = column("is_archived", "boolean");
+        archived.not_null = true;
+        archived.default = Some("false".into());
+        let mut unit = column("temp_unit", "text");
+        unit.not_null = true;
+        let mut generated = column("note_length", "integer");
+        generated.generated = true;
+        let target = discovered(vec![table(
+            "manual_temperature_logs",
+            vec![
+                id,
+                column("profile_id", "uuid"),
+                recorded,
+                column("notes", "character varying(50)"),
+                archived,
+                unit,
+                generated,
+                column("label", "text"),
+            ],
+        )]);
+        (source, target)
+    }
+
+    fn spec() -> &'static TableSpec {
+        manifest::find(manifest::builtin(), "manual_temperature_logs").unwrap()
+    }
+
+    #[test]
+    fn a_missing_default_file_is_no_mapping_but_a_named_one_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = ColumnMap::load(Some(&missing)).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(err.contains("nope.toml"), "{err}");
+        // (The default path is relative to the working directory, which tests do not change.)
+        assert!(ColumnMap::empty().is_empty());
+    }
+
+    #[test]
+    fn parses_every_key_with_its_line() {
+        let map = parse(
+            "# comment\n\
+             [tables.manual_temperature_logs]\n\
+             rename = { logged_at = \"recorded_at\" }\n\
+             drop = [\"legacy\"]\n\
+             user_id_columns = { add = [\"unit_label\"], remove = [\"profile_id\"] }\n\
+             target = \"manual_temperature_logs\"\n\
+             \n\
+             [tables.manual_temperature_logs.set]\n\
+             temp_unit = \"'celsius'\"\n\
+             [tables.door_events]\n\
+             skip = true\n",
+        )
+        .unwrap();
+        let t = map.table("manual_temperature_logs").unwrap();
+        assert_eq!(t.name.line, 2);
+        assert_eq!(t.rename[0].0.value, "logged_at");
+        assert_eq!(t.rename[0].1.value, "recorded_at");
+        assert_eq!((t.rename[0].0.line, t.rename[0].0.column), (3, 12));
+        assert_eq!(t.drop[0].value, "legacy");
+        assert_eq!(t.drop[0].line, 4);
+        assert_eq!(t.user_ids_add[0].value, "unit_label");
+        assert_eq!(t.user_ids_remove[0].value, "profile_id");
+        assert_eq!(t.set[0].0.value, "temp_unit");
+        assert_eq!(t.set[0].1.value, "'celsius'");
+        assert_eq!(t.set[0].1.line, 9);
+        assert!(map.is_skipped("door_events"));
+        assert!(!map.is_skipped("manual_temperature_logs"));
+        assert_eq!(map.target_name("door_events"), "door_events");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_name_file_line_and_problem() {
+        let err = parse("[tables.sites]\nrename = { a = \"b\" \n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("fmig.toml:2:"), "{text}");
+        assert!(text.contains("not a valid mapping file"), "{text}");
+
+        let err = parse("[tables.sites]\n\nrenmae = { a = \"b\" }\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("fmig.toml:3:1:"), "{text}");
+        assert!(text.contains("unknown field `renmae`"), "{text}");
+
+        let err = parse("[tables.sites]\ndrop = \"created_by\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("fmig.toml:2:"), "{err}");
+
+        let err = parse("[sites]\ndrop = []\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `sites`"), "{err}");
+
+        let err = parse("[tables.sites.set]\nname = \"  \"\n").unwrap_err();
+        assert!(err.to_string().contains("expression is empty"), "{err}");
+    }
+
+    #[test]
+    fn unknown_tables_and_columns_are_errors_with_their_lines() {
+        let (source, target) = logs_pair();
+        let map = parse(
+            "[tables.manual_temperature_log]\n\
+             skip = true\n\
+             [tables.manual_temperature_logs]\n\
+             rename = { loged_at = \"recorded_at\", notes = \"remarks\" }\n\
+             drop = [\"nothing\"]\n\
+             [tables.manual_temperature_logs.set]\n\
+             note_length = \"1\"\n\
+             nope = \"1\"\n",
+        )
+        .unwrap();
+        let err = map
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("has 6 problems"), "{text}");
+        assert!(
+            text.contains("fmig.toml:1:1: [tables.manual_temperature_log]: manual_temperature_log is not one of fmig's tables"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fmig.toml:4:12: [tables.manual_temperature_logs] rename: source column loged_at does not exist"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fmig.toml:4:46: [tables.manual_temperature_logs] rename: target column remarks does not exist"),
+            "{text}"
+        );
+        assert!(text.contains("fmig.toml:5:9:"), "{text}");
+        assert!(
+            text.contains("fmig.toml:7:1: [tables.manual_temperature_logs.set] note_length: a generated column"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fmig.toml:8:1: [tables.manual_temperature_logs] set: target column nope"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rename_onto_a_column_the_source_also_has_is_refused() {
+        let (source, target) = logs_pair();
+        let map =
+            parse("[tables.manual_temperature_logs]\nrename = { legacy = \"notes\" }\n").unwrap();
+        let err = map
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the source also has a column notes"), "{err}");
+    }
+
+    #[test]
+    fn resolution_follows_set_rename_name_then_default() {
+        let (source, target) = logs_pair();
+        let map = parse(
+            "[tables.manual_temperature_logs]\n\
+             rename = { logged_at = \"recorded_at\" }\n\
+             drop = [\"legacy\"]\n\
+             [tables.manual_temperature_logs.set]\n\
+             temp_unit = \"'celsius'\"\n\
+             label = \"upper(unit_label)\"\n",
+        )
+        .unwrap();
+        map.validate(manifest::builtin(), &source, &target).unwrap();
+        let t = map.resolve(spec(), &source, &target).unwrap();
+        let written: Vec<(&str, String)> = t
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.select_sql()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("id", "src.\"id\"".to_string()),
+                ("profile_id", "src.\"profile_id\"".to_string()),
+                ("recorded_at", "src.\"logged_at\"".to_string()),
+                ("notes", "src.\"notes\"".to_string()),
+                ("temp_unit", "CAST(('celsius') AS text)".to_string()),
+                ("label", "CAST((upper(unit_label)) AS text)".to_string()),
+            ]
+        );
+        assert_eq!(
+            t.unwritten,
+            [
+                UnwrittenColumn {
+                    name: "is_archived".into(),
+                    reason: Unwritten::Default {
+                        default: "false".into()
+                    }
+                },
+                UnwrittenColumn {
+                    name: "note_length".into(),
+                    reason: Unwritten::Generated
+                },
+            ]
+        );
+        assert_eq!(t.dropped, ["legacy"]);
+        assert_eq!(t.used_by_expressions, ["unit_label"]);
+        assert!(t.unmapped.is_empty());
+        assert_eq!(t.target_of("logged_at").unwrap().name, "recorded_at");
+
+        // Without a mapping: the renamed and source-only columns are unmapped, and the NOT NULL
+        // target-only columns are missing.
+        let t = ColumnMap::empty()
+            .resolve(spec(), &source, &target)
+            .unwrap();
+        assert_eq!(t.unmapped, ["logged_at", "legacy", "unit_label"]);
+        let missing: Vec<&str> = t
+            .unwritten
+            .iter()
+            .filter(|u| u.reason == Unwritten::Missing)
+            .map(|u| u.name.as_str())
+            .collect();
+        assert_eq!(missing, ["recorded_at", "temp_unit"]);
+        assert_eq!(t.user_id_columns, ["profile_id"]);
+    }
+
+    #[test]
+    fn skipped_and_renamed_tables() {
+        let (source, mut target) = logs_pair();
+        let mut renamed = target.tables.remove("manual_temperature_logs").unwrap();
+        renamed.name = "temperature_logs".into();
+        target.tables.insert(renamed.name.clone(), renamed);
+        let map = parse(
+            "[tables.manual_temperature_logs]\n\
+             target = \"temperature_logs\"\n\
+             rename = { logged_at = \"recorded_at\" }\n",
+        )
+        .unwrap();
+        map.validate(manifest::builtin(), &source, &target).unwrap();
+        let t = map.resolve(spec(), &source, &target).unwrap();
+        assert_eq!(t.target_table, "temperature_logs");
+        assert_eq!(t.target_of("logged_at").unwrap().name, "recorded_at");
+
+        let map = parse("[tables.manual_temperature_logs]\ntarget = \"nope\"\n").unwrap();
+        let err = map
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("fmig.toml:2:10: [tables.manual_temperature_logs] target: table nope"),
+            "{err}"
+        );
+
+        let map = parse("[tables.manual_temperature_logs]\nskip = true\n").unwrap();
+        let t = map.resolve(spec(), &source, &target).unwrap();
+        assert!(t.skip);
+        assert!(t.columns.is_empty() && t.unmapped.is_empty());
+    }
+
+    #[test]
+    fn user_id_columns_add_and_remove_relative_to_the_builtin_list() {
+        let (source, _) = logs_pair();
+        let map = parse(
+            "[tables.manual_temperature_logs]\n\
+             user_id_columns = { add = [\"unit_label\"], remove = [\"profile_id\"] }\n",
+        )
+        .unwrap();
+        assert_eq!(map.user_id_columns(spec(), &source), ["unit_label"]);
+        let err = parse("[tables.x]\nuser_id_columns = { add = [\"a\"], remove = [\"a\"] }\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("both added and removed"), "{err}");
+    }
+
+    #[test]
+    fn probes_quote_names_and_cast_to_the_target_type() {
+        assert_eq!(
+            expression_probe(
+                "round(temp)::int",
+                "integer",
+                &[("temp", "numeric"), ("we\"ird", "text")]
+            ),
+            "SELECT CAST((round(temp)::int) AS integer) FROM (SELECT NULL::numeric AS \"temp\", \
+             NULL::text AS \"we\"\"ird\") AS src LIMIT 0"
+        );
+    }
+
+    #[test]
+    fn mentions_skips_string_literals() {
+        assert!(mentions("upper(unit_label)", "unit_label"));
+        assert!(mentions("src.\"Unit\" || 'x'", "Unit"));
+        assert!(mentions("UNIT_LABEL", "unit_label"));
+        assert!(!mentions("'unit_label'", "unit_label"));
+        assert!(!mentions("unit_label_2", "unit_label"));
+        assert!(!mentions("'it''s unit_label'", "unit_label"));
+    }
+
+    #[test]
+    fn the_template_parses_and_uncommenting_its_entries_applies_them() {
+        let notes = vec![
+            TemplateNote {
+                table: "user_roles".into(),
+                comment: "BLOCKING user_id: only in the source".into(),
+                suggestion: Some(Suggestion::Rename {
+                    from: "user_id".into(),
+                    to: "profile_id".into(),
+                }),
+            },
+            TemplateNote {
+                table: "user_roles".into(),
+                comment: "BLOCKING role: 'staff' is not a label of app_role".into(),
+                suggestion: Some(Suggestion::Set {
+                    column: "role".into(),
+                    expression: "CASE \"role\"::text WHEN 'staff' THEN 'operator' ELSE \"role\"::text END::\"public\".\"app_role\"".into(),
+                }),
+            },
+            TemplateNote {
+                table: "organizations".into(),
+                comment: "BLOCKING stripe_legacy_id".into(),
+                suggestion: Some(Suggestion::Drop {
+                    column: "stripe_legacy_id".into(),
+                }),
+            },
+            TemplateNote {
+                table: "subscriptions".into(),
+                comment: "lossy seats: numeric -> integer".into(),
+                suggestion: None,
+            },
+        ];
+        let text = render_template(
+            "generated\nby a test",
+            &["organizations", "subscriptions", "user_roles"],
+            &notes,
+        );
+        assert!(text.starts_with("# generated\n# by a test\n"), "{text}");
+        assert_eq!(
+            wrap_comment("lossy seats: numeric -> integer: 3 values are rounded", 30),
+            "# lossy seats: numeric ->\n#   integer: 3 values are\n#   rounded\n"
+        );
+        let map = parse(&text).unwrap();
+        assert!(map.table("user_roles").unwrap().rename.is_empty());
+
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(entry) if entry.contains(" = ") && !entry.starts_with(' ') => {
+                    format!("{entry}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let map = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let roles = map.table("user_roles").unwrap();
+        assert_eq!(roles.rename[0].1.value, "profile_id");
+        assert!(
+            roles.set[0]
+                .1
+                .value
+                .contains("WHEN 'staff' THEN 'operator'")
+        );
+        assert_eq!(
+            map.table("organizations").unwrap().drop[0].value,
+            "stripe_legacy_id"
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! `fmig plan`: before the window, every difference between the source and target schemas,
+//! table by table, classified by what it does to the data, with the column mapping applied.
+//!
+//! Both databases are only read: the source through its read-only session, the target in a
+//! READ ONLY transaction; both in REPEATABLE READ, so the catalogs and the counts come from one
+//! snapshot each. Mapping expressions are prepared on the target (parsed and type-checked), never
+//! run. Exit 1 while anything is blocking; `--write-template` writes a commented starting
+//! mapping with one entry per difference.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tracing::{error, info, warn};
+
+use crate::Outcome;
+use crate::catalog;
+use crate::cli::PlanArgs;
+use crate::column_map::{self, ColumnMap};
+use crate::connect::{self, DbUrl};
+use crate::manifest::{self, APP_SCHEMA};
+use crate::progress;
+use crate::report::{Align, TextTable};
+use crate::schema_diff::{self, Catalog, Class, Comparison, Finding};
+
+/// Everything `plan` found; printed as text or, with `--json`, as JSON.
+#[derive(Debug, Serialize)]
+pub struct PlanReport {
+    pub source: String,
+    pub source_version: String,
+    pub target: String,
+    pub target_version: String,
+    /// The mapping file applied (`None`: no mapping, or `--write-template`).
+    pub mapping: Option<String>,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+    pub summary: Summary,
+    /// Where `--write-template` wrote the starting mapping.
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub blocking: usize,
+    pub lossy: usize,
+    pub ok: usize,
+}
+
+pub async fn run(args: &PlanArgs) -> Result<Outcome> {
+    let source_url = args.source.url()?;
+    let target_url = args.target.url()?;
+    if let Some(path) = &args.write_template
+        && !args.force
+        && path.exists()
+    {
+        bail!(
+            "{} already exists: edit it and run fmig plan, or pass --force to overwrite it, or \
+             write the template elsewhere (--write-template OTHER.toml)",
+            path.display()
+        );
+    }
+    // The template describes every difference, so it is computed without the mapping.
+    let map = if args.write_template.is_some() {
+        ColumnMap::empty()
+    } else {
+        ColumnMap::load(args.mapping_config.as_deref())?
+    };
+
+    let spinner = progress::spinner(&format!("connecting to {}", source_url.host));
+    let options = args.connect.options();
+    let mut source_client = connect::connect(&source_url, &options).await?;
+    spinner.set_message(format!("connecting to {}", target_url.host));
+    let mut target_client = connect::connect(&target_url, &options).await?;
+    let source = snapshot(&mut source_client, &source_url).await?;
+    let mut target = snapshot(&mut target_client, &target_url).await?;
+    let source_version = server_version(&source).await?;
+    let target_version = server_version(&target).await?;
+
+    spinner.set_message("reading both catalogs");
+    let source_catalog = Catalog::read(&source).await?;
+    let target_catalog = Catalog::read(&target).await?;
+    let specs = manifest::builtin();
+    map.validate(specs, &source_catalog.found, &target_catalog.found)?;
+    spinner.set_message("checking the mapping's expressions on the target");
+    map.check_expressions(
+        specs,
+        &source_catalog.found,
+        &target_catalog.found,
+        &mut target,
+    )
+    .await?;
+
+    spinner.set_message("looking for user ids in uuid columns");
+    let present: Vec<&str> = specs
+        .iter()
+        .map(|s| s.name)
+        .filter(|name| source_catalog.found.tables.contains_key(*name))
+        .collect();
+    let by_value = catalog::user_ids_by_value(&source, APP_SCHEMA, &present).await?;
+    spinner.set_message("comparing and measuring");
+    let inputs = schema_diff::Inputs {
+        specs,
+        map: &map,
+        source: &source_catalog,
+        target: &target_catalog,
+        by_value: &by_value,
+    };
+    let comparison = schema_diff::compare(&inputs, &source, &mut target).await?;
+    source
+        .commit()
+        .await
+        .context("could not end the source snapshot")?;
+    target
+        .commit()
+        .await
+        .context("could not end the target snapshot")?;
+    spinner.finish_and_clear();
+
+    let mut report = PlanReport {
+        source: source_url.to_string(),
+        source_version,
+        target: target_url.to_string(),
+        target_version,
+        mapping: map.path().map(|p| p.display().to_string()),
+        summary: Summary {
+            blocking: comparison.count(Class::Blocking),
+            lossy: comparison.count(Class::Lossy),
+            ok: comparison.count(Class::Ok),
+        },
+        comparison,
+        template: None,
+    };
+    if let Some(path) = &args.write_template {
+        let text = template_text(&report);
+        write_new_file(path, &text, args.force)?;
+        report.template = Some(path.display().to_string());
+    }
+
+    record(&report);
+    let text = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&report)?)
+    } else {
+        render(&report, args)
+    };
+    progress::suspend(|| print!("{text}"));
+    Ok(if report.summary.blocking > 0 {
+        Outcome::ProblemsFound
+    } else {
+        Outcome::Success
+    })
+}
+
+async fn snapshot<'a>(client: &'a mut Client, url: &DbUrl) -> Result<Transaction<'a>> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .with_context(|| {
+            format!(
+                "could not start a read-only snapshot on the {} database",
+                url.side
+            )
+        })
+}
+
+async fn server_version(tx: &Transaction<'_>) -> Result<String> {
+    Ok(tx.query_one("SHOW server_version", &[]).await?.get(0))
+}
+
+fn template_text(report: &PlanReport) -> String {
+    let header = format!(
+        "fmig column mapping, written by `fmig plan --write-template` at {}\n\
+         source: {}\n\
+         target: {}\n\
+         {} blocking and {} lossy differences when it was written.",
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        report.source,
+        report.target,
+        report.summary.blocking,
+        report.summary.lossy
+    );
+    let order: Vec<&str> = report
+        .comparison
+        .tables
+        .iter()
+        .map(|t| t.table.as_str())
+        .collect();
+    column_map::render_template(&header, &order, &report.comparison.template_notes())
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then
+/// moved into place. Without `force` an existing file is never replaced, even one that
+/// appeared while fmig was running (the move is a hard link, which refuses to overwrite).
+fn write_new_file(path: &Path, text: &str, force: bool) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fmig.toml".into());
+    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .with_context(|| format!("could not create {}", temp.display()))?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .with_context(|| format!("could not write {}", temp.display()))?;
+        if force {
+            std::fs::rename(&temp, path)
+                .with_context(|| format!("could not move the template to {}", path.display()))?;
+        } else {
+            match std::fs::hard_link(&temp, path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                    "{} already exists (it appeared while fmig was running); pass --force to \
+                     overwrite it",
+                    path.display()
+                ),
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!("could not move the template to {}", path.display())
+                    });
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&temp);
+    result
+}
+
+/// The findings in the log file (the console shows the printed report).
+fn record(report: &PlanReport) {
+    for t in &report.comparison.tables {
+        for f in &t.findings {
+            log_finding(Some(&t.table), f);
+        }
+    }
+    for f in &report.comparison.schema {
+        log_finding(None, f);
+    }
+    let s = &report.summary;
+    info!(target: "fmig::report", blocking = s.blocking, lossy = s.lossy, ok = s.ok, mapping = report.mapping.as_deref(), template = report.template.as_deref(), "plan summary");
+}
+
+fn log_finding(table: Option<&str>, f: &Finding) {
+    let columns = f.columns.join(",");
+    let counts = serde_json::to_string(&f.counts).unwrap_or_default();
+    let table = table.unwrap_or("");
+    match f.class {
+        Class::Blocking => {
+            error!(target: "fmig::report", table, columns, kind = f.kind, class = "blocking", counts, "{}", f.message)
+        }
+        Class::Lossy => {
+            warn!(target: "fmig::report", table, columns, kind = f.kind, class = "lossy", counts, "{}", f.message)
+        }
+        Class::Ok => {
+            info!(target: "fmig::report", table, columns, kind = f.kind, class = "ok", counts, "{}", f.message)
+        }
+    }
+}
+
+fn render(report: &PlanReport, args: &PlanArgs) -> String {
+    let mut out = format!(
+        "Source:  {} (PostgreSQL {})\nTarget:  {} (PostgreSQL {})\n",
+        report.source, report.source_version, report.target, report.target_version
+    );
+    let mapping = match (&report.mapping, &args.write_template) {
+        (_, Some(_)) => "not applied: --write-template describes every difference".to_string(),
+        (Some(path), None) => path.clone(),
+        (None, None) => format!(
+            "none ({} not found; every column is copied by name)",
+            args.mapping_config
+                .as_deref()
+                .unwrap_or(Path::new(column_map::DEFAULT_PATH))
+                .display()
+        ),
+    };
+    out.push_str(&format!(
+        "Mapping: {mapping}\nBoth databases were read in read-only snapshots; nothing was \
+         written.\n\n"
+    ));
+
+    let mut table = TextTable::new(&[
+        ("class", Align::Left),
+        ("table", Align::Left),
+        ("column", Align::Left),
+        ("difference", Align::Left),
+    ]);
+    let mut rows = 0;
+    for t in &report.comparison.tables {
+        for f in t.findings.iter().filter(|f| f.class != Class::Ok) {
+            table.row(finding_row(&t.table, f));
+            rows += 1;
+        }
+    }
+    for f in report
+        .comparison
+        .schema
+        .iter()
+        .filter(|f| f.class != Class::Ok)
+    {
+        table.row(finding_row("(schema)", f));
+        rows += 1;
+    }
+    if rows > 0 {
+        out.push_str("Needs a decision (blocking) or a look (lossy), in import order:\n\n");
+        out.push_str(&table.render());
+        out.push('\n');
+    }
+
+    let mut ok = TextTable::new(&[
+        ("table", Align::Left),
+        ("column", Align::Left),
+        ("checked, fine", Align::Left),
+    ]);
+    let mut same = Vec::new();
+    for t in &report.comparison.tables {
+        if t.findings.is_empty() {
+            same.push(t.table.as_str());
+        }
+        for f in t.findings.iter().filter(|f| f.class == Class::Ok) {
+            ok.row(vec![
+                t.table.clone(),
+                f.columns.join(", "),
+                f.message.clone(),
+            ]);
+        }
+    }
+    for f in report
+        .comparison
+        .schema
+        .iter()
+        .filter(|f| f.class == Class::Ok)
+    {
+        ok.row(vec!["(schema)".into(), String::new(), f.message.clone()]);
+    }
+    out.push_str("Differences that need nothing:\n\n");
+    out.push_str(&ok.render());
+    if !same.is_empty() {
+        out.push_str(&format!(
+            "\nNo difference at all ({} tables): {}\n",
+            same.len(),
+            same.join(", ")
+        ));
+    }
+
+    let mut users = TextTable::new(&[
+        ("user-id column", Align::Left),
+        ("listed", Align::Left),
+        ("FK", Align::Left),
+        ("by value", Align::Left),
+        ("mapping", Align::Left),
+        ("rewritten", Align::Left),
+    ]);
+    for u in &report.comparison.user_id_columns {
+        let yes = |b: bool| if b { "yes" } else { "-" }.to_string();
+        users.row(vec![
+            format!("{}.{}", u.table, u.column),
+            yes(u.listed),
+            yes(u.foreign_key),
+            u.by_value
+                .map(|(m, n)| format!("{m}/{n} are users"))
+                .unwrap_or_default(),
+            u.mapping.unwrap_or("").to_string(),
+            if u.rewritten { "yes" } else { "NO" }.to_string(),
+        ]);
+    }
+    out.push_str("\nUser-id columns (old auth.users ids, rewritten to Stack Auth ids):\n\n");
+    out.push_str(&users.render());
+
+    let s = &report.summary;
+    out.push_str(&format!(
+        "\n{} blocking, {} lossy, {} ok.\n",
+        s.blocking, s.lossy, s.ok
+    ));
+    if let Some(path) = &report.template {
+        out.push_str(&format!(
+            "Wrote {path}: one commented entry per difference. Review each, remove its \"# \", \
+             then run fmig plan again.\n"
+        ));
+    }
+    if s.blocking > 0 {
+        let file = args
+            .mapping_config
+            .as_deref()
+            .unwrap_or(Path::new(column_map::DEFAULT_PATH))
+            .display()
+            .to_string();
+        out.push_str(&format!(
+            "Blocking differences would break the migration: settle each in {file} \
+             (fmig plan --write-template writes a starting file), then run fmig plan again.\n"
+        ));
+    } else {
+        out.push_str(
+            "Nothing blocking is left. Review the lossy differences above before the window.\n",
+        );
+    }
+    out
+}
+
+fn finding_row(table: &str, f: &Finding) -> Vec<String> {
+    vec![
+        f.class.label().to_string(),
+        table.to_string(),
+        f.columns.join(", "),
+        f.message.clone(),
+    ]
+}

@@ -1,0 +1,956 @@
+//! `fmig import`: the export directory into the target, user ids rewritten, resumable.
+//!
+//! The stages, in order:
+//! 1. **check**, before any write: `metadata.json`, the column mapping resolved against the
+//!    target's catalog, and every file read once (SHA-256, size and row count against the
+//!    metadata; user-id values against `user-mapping.json`). A damaged file, a column with
+//!    nowhere to go, or an unmapped user id stops the run here, with nothing written;
+//! 2. **checkpoints**: `fmig.import_progress` in the target holds, per table, the export file's
+//!    hash and the rows committed. A table with rows but no checkpoint is someone else's data
+//!    and is refused (unless `--truncate-first --yes`); a checkpoint for another export is
+//!    refused too;
+//! 3. **load**, table by table in the target's foreign-key order: a blocking thread parses the
+//!    file (skipping rows already committed) into COPY text batches of `--batch-size` rows; each
+//!    batch is one transaction that COPYs the rows and advances the checkpoint, so a crash loses
+//!    at most the batch in flight and a re-run continues exactly after the last commit. Tables
+//!    whose columns all copy across unchanged go straight in; the others go through a staging
+//!    table of the source's shape and `INSERT ... SELECT` with the mapping's expressions;
+//! 4. **finish**: sequences set to the imported maximum, the foreign-key orphan check after
+//!    `--disable-fk`, and a synchronous commit so everything committed asynchronously before is
+//!    durable before success is reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::{SinkExt, pin_mut};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+use crate::Outcome;
+use crate::catalog::{self, Column, Discovered, TableInfo};
+use crate::cli::{ImportArgs, Unmapped};
+use crate::codec::ColumnKind;
+use crate::column_map::{ColumnMap, ColumnValue, TableMap, Unwritten};
+use crate::connect;
+use crate::copy_text;
+use crate::ident::{QualifiedName, quote_ident, quote_literal};
+use crate::json_rows::{self, FileRead};
+use crate::manifest::{self, APP_SCHEMA, TableSpec};
+use crate::metadata::{FileEntry, Metadata};
+use crate::progress;
+use crate::report::{Align, TextTable, thousands};
+
+/// Where checkpoints live in the target.
+const CHECKPOINT_TABLE: &str = "fmig.import_progress";
+
+/// One table's import, decided before anything is written.
+struct TablePlan {
+    spec: &'static TableSpec,
+    entry: FileEntry,
+    map: TableMap,
+    target: QualifiedName,
+    /// The file's columns (source names) and their JSON kinds.
+    columns: Vec<String>,
+    kinds: Vec<ColumnKind>,
+    /// Indices (into `columns`) of user-id columns, with whether NULL may replace an unmapped id.
+    user_ids: Vec<(usize, bool)>,
+    /// `COPY ... FROM STDIN` into the target (direct) or into the staging table.
+    copy_sql: String,
+    /// Indices (into `columns`) of the values COPY sends, in COPY column order.
+    copy_fields: Vec<usize>,
+    /// For staged tables: the staging table's DDL and the INSERT ... SELECT from it.
+    staging: Option<(String, String)>,
+}
+
+/// A batch of COPY text on its way to the server.
+struct Batch {
+    /// Index in the file of the batch's first row.
+    first_row: u64,
+    rows: u64,
+    data: Vec<u8>,
+}
+
+/// What loading one table did.
+struct Loaded {
+    table: String,
+    rows_in_file: u64,
+    already: u64,
+    loaded: u64,
+    seconds: f64,
+}
+
+pub async fn run(args: &ImportArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let dir = &args.input_dir;
+    let metadata = Metadata::load(dir)?;
+    let manifest = manifest::builtin();
+    let selected = manifest::select(manifest, &args.tables, false)?;
+    let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
+    let mapping_path = args
+        .mapping
+        .clone()
+        .unwrap_or_else(|| dir.join("user-mapping.json"));
+
+    let url = args.target.url()?;
+    let mut client = connect::connect(&url, &args.connect.options()).await?;
+    let target = catalog::discover(&client, APP_SCHEMA).await?;
+    let source = source_catalog(&metadata);
+    column_map
+        .validate(manifest, &source, &target)
+        .map_err(|e| anyhow!("{e}"))?;
+
+    // 1. Plans, in the target's dependency order.
+    let mut plans = Vec::new();
+    for (_, spec) in manifest::import_order(manifest, &target) {
+        if !selected.contains(spec.name) || column_map.is_skipped(spec.name) {
+            continue;
+        }
+        let Some(entry) = metadata.table(spec.name) else {
+            if args.tables.is_empty() {
+                warn!(table = spec.name, "not in this export; skipped");
+                continue;
+            }
+            bail!("table {} is not in the export in {}", spec.name, dir.display());
+        };
+        let map = column_map.resolve(spec, &source, &target)?;
+        plans.push(plan_table(spec, entry.clone(), map, &target)?);
+    }
+
+    // 2. Every file read once; user ids checked against the mapping.
+    let needs_mapping = plans.iter().any(|p| !p.user_ids.is_empty());
+    let user_map = if needs_mapping {
+        Some(load_user_mapping(&mapping_path, args.unmapped)?)
+    } else {
+        None
+    };
+    let unmapped = check_files(dir, &plans, user_map.as_ref())?;
+    if !unmapped.is_empty() {
+        handle_unmapped(&unmapped, &plans, args.unmapped, &mapping_path)?;
+    }
+
+    // 3. Checkpoints and what each table needs.
+    let checkpoints = read_checkpoints(&client).await?;
+    let mut start_at: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refusals = Vec::new();
+    for plan in &plans {
+        let name = &plan.spec.name;
+        match checkpoints.get(*name) {
+            Some((sha, rows)) if !args.truncate_first && *sha != plan.entry.sha256 => {
+                refusals.push(format!(
+                    "{name}: the target holds a partial import of a different export (checkpoint \
+                     file hash {}…, export file hash {}…)",
+                    &sha[..12.min(sha.len())],
+                    &plan.entry.sha256[..12]
+                ));
+                let _ = rows;
+            }
+            Some((_, rows)) if !args.truncate_first => {
+                start_at.insert(name.to_string(), *rows);
+            }
+            _ => {
+                let has_rows = client
+                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", plan.target.quoted()), &[])
+                    .await?
+                    .get::<_, bool>(0);
+                if has_rows && !args.truncate_first {
+                    refusals.push(format!(
+                        "{}: the target table already has rows that fmig did not import",
+                        plan.target
+                    ));
+                }
+                start_at.insert(name.to_string(), 0);
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        bail!(
+            "refusing to import over existing data:\n  {}\n  next step: if that data may go, \
+             run again with --truncate-first --yes (empties the imported tables and forgets \
+             the checkpoints)",
+            refusals.join("\n  ")
+        );
+    }
+    if args.truncate_first && !args.yes {
+        bail!("--truncate-first empties the target tables: add --yes to confirm");
+    }
+
+    if args.dry_run {
+        let text = render_dry_run(&plans, &start_at, args);
+        progress::suspend(|| print!("{text}"));
+        return Ok(Outcome::Success);
+    }
+
+    // 4. Load.
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS fmig; \
+             CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} ( \
+                 table_name text PRIMARY KEY, file_sha256 text NOT NULL, \
+                 rows_committed bigint NOT NULL, rows_total bigint NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now(), completed_at timestamptz)"
+        ))
+        .await
+        .context("could not create fmig's checkpoint table in the target")?;
+    if args.truncate_first {
+        truncate(&client, &plans).await?;
+    }
+    // Each batch's commit carries its checkpoint, so losing an asynchronous commit in a crash
+    // loses the batch and its checkpoint together; the final commit below is synchronous.
+    client.batch_execute("SET synchronous_commit = off").await?;
+    if args.disable_fk {
+        client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "--disable-fk needs to set session_replication_role, which the target refused: {}. \
+                     It needs a superuser (or, on PostgreSQL 15, a role granted SET on that parameter); \
+                     run without --disable-fk to load in foreign-key order instead",
+                    crate::column_map::server_message(&e)
+                )
+            })?;
+    }
+
+    let mut results = Vec::new();
+    for plan in &plans {
+        let from = start_at.get(plan.spec.name).copied().unwrap_or(0);
+        results.push(load_table(&mut client, plan, dir, from, args, user_map.as_ref()).await?);
+    }
+    if args.disable_fk {
+        client.batch_execute("SET session_replication_role = DEFAULT").await?;
+    }
+    set_sequences(&client, &plans).await?;
+    let orphans = if args.disable_fk {
+        orphan_check(&client, &plans, &target).await?
+    } else {
+        Vec::new()
+    };
+
+    // A synchronous commit flushes the WAL of every earlier asynchronous one.
+    client.batch_execute("SET synchronous_commit = on").await?;
+    let names: Vec<String> = plans.iter().map(|p| p.spec.name.to_string()).collect();
+    client
+        .execute(
+            &format!("UPDATE {CHECKPOINT_TABLE} SET completed_at = now() WHERE table_name = ANY($1)"),
+            &[&names],
+        )
+        .await
+        .context("could not record the end of the import")?;
+
+    let summary = render_summary(&results, started.elapsed().as_secs_f64(), &orphans);
+    for r in &results {
+        info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, seconds = r.seconds, "imported");
+    }
+    info!(target: "fmig::report", tables = results.len(), rows = results.iter().map(|r| r.loaded).sum::<u64>(), seconds = started.elapsed().as_secs_f64(), orphans = orphans.len(), "import summary");
+    progress::suspend(|| print!("{summary}"));
+    if orphans.is_empty() {
+        Ok(Outcome::Success)
+    } else {
+        Ok(Outcome::ProblemsFound)
+    }
+}
+
+/// The source's shape as `metadata.json` records it, in the form the column mapping expects.
+fn source_catalog(metadata: &Metadata) -> Discovered {
+    let mut found = Discovered {
+        schema: APP_SCHEMA.to_string(),
+        auth_users_present: true,
+        ..Discovered::default()
+    };
+    for entry in &metadata.tables {
+        let columns = entry
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_name: c.type_name.clone(),
+                type_kind: 'b',
+                type_category: if c.json.starts_with("array:") { 'A' } else { 'U' },
+                base_oid: None,
+                not_null: c.not_null,
+                default: None,
+                generated: c.generated,
+                identity: false,
+            })
+            .collect();
+        found.tables.insert(
+            entry.name.clone(),
+            TableInfo {
+                name: entry.name.clone(),
+                partitioned: false,
+                has_primary_key: false,
+                columns,
+            },
+        );
+        found.levels.insert(entry.name.clone(), entry.level);
+        found
+            .user_id_columns
+            .insert(entry.name.clone(), entry.user_id_columns.clone());
+    }
+    found
+}
+
+fn plan_table(
+    spec: &'static TableSpec,
+    entry: FileEntry,
+    map: TableMap,
+    target: &Discovered,
+) -> Result<TablePlan> {
+    let name = spec.name;
+    if !map.unmapped.is_empty() {
+        bail!(
+            "{name}: source column(s) {} have nowhere to go in the target and are not dropped; \
+             their data would be lost.\n  next step: run fmig plan and map or drop them in the \
+             column mapping",
+            map.unmapped.join(", ")
+        );
+    }
+    if let Some(missing) = map.unwritten.iter().find(|u| u.reason == Unwritten::Missing) {
+        bail!(
+            "{name}: target column {}.{} is NOT NULL without a default and nothing feeds it; \
+             every row would fail.\n  next step: give it a `set` expression in the column mapping \
+             (fmig plan shows the differences)",
+            map.target_table,
+            missing.name
+        );
+    }
+    let info = target
+        .tables
+        .get(&map.target_table)
+        .ok_or_else(|| anyhow!("target table {} does not exist", map.target_table))?;
+    let columns: Vec<String> = entry.columns.iter().map(|c| c.name.clone()).collect();
+    let kinds: Vec<ColumnKind> = entry
+        .columns
+        .iter()
+        .map(|c| {
+            c.kind()
+                .ok_or_else(|| anyhow!("metadata.json: {name}.{} has an unknown kind {:?}", c.name, c.json))
+        })
+        .collect::<Result<_>>()?;
+    let index = |column: &str| columns.iter().position(|c| c == column);
+    let mut user_ids = Vec::new();
+    for column in &map.user_id_columns {
+        let Some(i) = index(column) else { continue };
+        let nullable = map
+            .target_of(column)
+            .and_then(|t| info.column(&t.name))
+            .is_none_or(|c| !c.not_null);
+        user_ids.push((i, nullable));
+    }
+    let target_name = QualifiedName::new(APP_SCHEMA, &map.target_table);
+
+    // Straight in when every written column is a source column of the same type.
+    let direct = map.columns.iter().all(|t| match &t.value {
+        ColumnValue::Source { source_type, .. } => *source_type == t.target_type,
+        ColumnValue::Expression { .. } => false,
+    });
+    let (copy_sql, copy_fields, staging) = if direct {
+        let fields = map
+            .columns
+            .iter()
+            .map(|t| match &t.value {
+                ColumnValue::Source { column, .. } => index(column).ok_or_else(|| anyhow!("{name}: no column {column} in the export")),
+                ColumnValue::Expression { .. } => unreachable!("direct tables have no expressions"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let list: Vec<String> = map.columns.iter().map(|t| quote_ident(&t.name)).collect();
+        (
+            format!("COPY {} ({}) FROM STDIN", target_name.quoted(), list.join(", ")),
+            fields,
+            None,
+        )
+    } else {
+        // The staging table has the source's shape (the expression contract in column_map).
+        let stage = format!("fmig_stage_{}", spec.name);
+        let defs: Vec<String> = entry
+            .columns
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), crate::column_map::staging_type(c.type_oid, &c.type_name)))
+            .collect();
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
+            quote_ident(&stage),
+            defs.join(", ")
+        );
+        let list: Vec<String> = map.columns.iter().map(|t| quote_ident(&t.name)).collect();
+        let select: Vec<String> = map.columns.iter().map(|t| t.select_sql()).collect();
+        let insert = format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {} AS src",
+            target_name.quoted(),
+            list.join(", "),
+            select.join(", "),
+            quote_ident(&stage)
+        );
+        let all: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        (
+            format!("COPY {} ({}) FROM STDIN", quote_ident(&stage), all.join(", ")),
+            (0..columns.len()).collect(),
+            Some((create, insert)),
+        )
+    };
+    Ok(TablePlan {
+        spec,
+        entry,
+        map,
+        target: target_name,
+        columns,
+        kinds,
+        user_ids,
+        copy_sql,
+        copy_fields,
+        staging,
+    })
+}
+
+/// The user mapping as the import needs it: old Supabase id -> Stack Auth id.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MappingFile {
+    retain_until: Option<String>,
+    mappings: Vec<MappingEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MappingEntry {
+    supabase_user_id: String,
+    stack_auth_user_id: String,
+}
+
+fn load_user_mapping(path: &Path, unmapped: Unmapped) -> Result<HashMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && unmapped != Unmapped::Fail => {
+            warn!(path = %path.display(), "no user mapping: every user id is {}", if unmapped == Unmapped::Null { "set to NULL" } else { "kept" });
+            return Ok(HashMap::new());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "could not read the user mapping {}: run fmig migrate-users first, or give its path with --mapping",
+                    path.display()
+                )
+            });
+        }
+    };
+    let file: MappingFile = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}, line {} column {}: not a valid user mapping: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if let Some(until) = &file.retain_until
+        && let Ok(until) = chrono::DateTime::parse_from_rfc3339(until)
+        && until < chrono::Utc::now()
+    {
+        warn!(path = %path.display(), retain_until = %until, "the user mapping is past its retainUntil date: is it the right file?");
+    }
+    let mut map = HashMap::with_capacity(file.mappings.len());
+    for (i, m) in file.mappings.into_iter().enumerate() {
+        for (what, id) in [("supabaseUserId", &m.supabase_user_id), ("stackAuthUserId", &m.stack_auth_user_id)] {
+            if !is_uuid(id) {
+                bail!("{}: mappings[{i}].{what} {id:?} is not a UUID", path.display());
+            }
+        }
+        let old = m.supabase_user_id.to_ascii_lowercase();
+        let new = m.stack_auth_user_id.to_ascii_lowercase();
+        if let Some(previous) = map.insert(old.clone(), new.clone())
+            && previous != new
+        {
+            bail!(
+                "{}: Supabase user {old} is mapped twice, to {previous} and {new}",
+                path.display()
+            );
+        }
+    }
+    Ok(map)
+}
+
+fn is_uuid(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// (table, column) -> unmapped id -> rows.
+type UnmappedIds = BTreeMap<(String, String), BTreeMap<String, u64>>;
+
+/// Reads every file once: hash, size and row count against the metadata, and user ids against
+/// the mapping.
+fn check_files(dir: &Path, plans: &[TablePlan], user_map: Option<&HashMap<String, String>>) -> Result<UnmappedIds> {
+    let mut unmapped = UnmappedIds::new();
+    for plan in plans {
+        let path = dir.join(&plan.entry.file);
+        let bar = progress::bar(plan.entry.rows, &format!("checking {}", plan.spec.name));
+        let read = json_rows::read_rows(&path, &plan.columns, |i, values| {
+            if let Some(map) = user_map {
+                for &(c, _) in &plan.user_ids {
+                    if let Value::String(id) = &values[c]
+                        && !map.contains_key(&id.to_ascii_lowercase())
+                    {
+                        *unmapped
+                            .entry((plan.spec.name.to_string(), plan.columns[c].clone()))
+                            .or_default()
+                            .entry(id.clone())
+                            .or_default() += 1;
+                    }
+                }
+            }
+            if i % 4096 == 0 {
+                bar.set_position(i);
+            }
+            Ok(())
+        })?;
+        bar.finish_and_clear();
+        check_against_metadata(&path, &read, &plan.entry)?;
+    }
+    Ok(unmapped)
+}
+
+fn check_against_metadata(path: &Path, read: &FileRead, entry: &FileEntry) -> Result<()> {
+    if read.sha256 != entry.sha256 || read.bytes != entry.bytes {
+        bail!(
+            "{} does not match metadata.json (SHA-256 {} vs {}, {} vs {} bytes): the file was \
+             changed after the export. Nothing was written.\n  next step: run fmig export again",
+            path.display(),
+            read.sha256,
+            entry.sha256,
+            read.bytes,
+            entry.bytes
+        );
+    }
+    if read.rows != entry.rows {
+        bail!(
+            "{} has {} rows but metadata.json says {}. Nothing was written.",
+            path.display(),
+            read.rows,
+            entry.rows
+        );
+    }
+    Ok(())
+}
+
+fn handle_unmapped(unmapped: &UnmappedIds, plans: &[TablePlan], policy: Unmapped, mapping: &Path) -> Result<()> {
+    let mut lines = Vec::new();
+    let mut ids: BTreeSet<&str> = BTreeSet::new();
+    for ((table, column), values) in unmapped {
+        let rows: u64 = values.values().sum();
+        lines.push(format!(
+            "{table}.{column}: {} id(s) in {rows} row(s): {}",
+            values.len(),
+            values.keys().take(20).cloned().collect::<Vec<_>>().join(", ")
+                + if values.len() > 20 { ", ..." } else { "" }
+        ));
+        ids.extend(values.keys().map(String::as_str));
+    }
+    match policy {
+        Unmapped::Fail => bail!(
+            "{} user id(s) have no entry in {}; nothing was written:\n  {}\n  next step: run fmig \
+             migrate-users for the missing users, or choose explicitly: --unmapped null (write \
+             NULL; nullable columns only) or --unmapped keep (keep the old ids, which point at no \
+             Stack Auth user)",
+            ids.len(),
+            mapping.display(),
+            lines.join("\n  ")
+        ),
+        Unmapped::Null => {
+            for (table, column) in unmapped.keys() {
+                let plan = plans.iter().find(|p| p.spec.name == table).expect("planned");
+                let i = plan.columns.iter().position(|c| c == column).expect("column");
+                if !plan.user_ids.iter().any(|&(c, nullable)| c == i && nullable) {
+                    bail!(
+                        "--unmapped null: {table}.{column} is NOT NULL in the target, so its unmapped ids cannot become NULL:\n  {}",
+                        lines.join("\n  ")
+                    );
+                }
+            }
+            warn!(ids = ids.len(), "unmapped user ids will be written as NULL: {}", lines.join("; "));
+        }
+        Unmapped::Keep => {
+            warn!(ids = ids.len(), "unmapped user ids are kept as they are: {}", lines.join("; "));
+        }
+    }
+    Ok(())
+}
+
+async fn read_checkpoints(client: &Client) -> Result<BTreeMap<String, (String, u64)>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('fmig.import_progress') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(BTreeMap::new());
+    }
+    let rows = client
+        .query(&format!("SELECT table_name, file_sha256, rows_committed FROM {CHECKPOINT_TABLE}"), &[])
+        .await
+        .context("could not read the import checkpoints")?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), (r.get::<_, String>(1), r.get::<_, i64>(2) as u64)))
+        .collect())
+}
+
+async fn truncate(client: &Client, plans: &[TablePlan]) -> Result<()> {
+    let tables: Vec<String> = plans.iter().map(|p| p.target.quoted()).collect();
+    let names: Vec<String> = plans.iter().map(|p| p.spec.name.to_string()).collect();
+    let sql = format!("TRUNCATE {}", tables.join(", "));
+    client.batch_execute(&sql).await.map_err(|e| {
+        anyhow!(
+            "--truncate-first could not empty the tables: {}",
+            crate::column_map::server_message(&e)
+        )
+    })?;
+    client
+        .execute(&format!("DELETE FROM {CHECKPOINT_TABLE} WHERE table_name = ANY($1)"), &[&names])
+        .await?;
+    warn!(tables = %names.join(", "), "target tables emptied (--truncate-first)");
+    Ok(())
+}
+
+async fn load_table(
+    client: &mut Client,
+    plan: &TablePlan,
+    dir: &Path,
+    from: u64,
+    args: &ImportArgs,
+    user_map: Option<&HashMap<String, String>>,
+) -> Result<Loaded> {
+    let started = Instant::now();
+    let name = plan.spec.name;
+    let total = plan.entry.rows;
+    if from >= total {
+        ensure_checkpoint(client, plan).await?;
+        return Ok(Loaded { table: name.to_string(), rows_in_file: total, already: from, loaded: 0, seconds: 0.0 });
+    }
+    if let Some((create, _)) = &plan.staging {
+        client.batch_execute(create).await.with_context(|| format!("{name}: could not create the staging table"))?;
+    }
+    let bar = progress::bar(total, name);
+    bar.set_position(from);
+
+    let (sender, mut receiver) = mpsc::channel::<Batch>(4);
+    let reader = {
+        let path: PathBuf = dir.join(&plan.entry.file);
+        let columns = plan.columns.clone();
+        let kinds = plan.kinds.clone();
+        let fields = plan.copy_fields.clone();
+        let user_ids = plan.user_ids.clone();
+        let user_map = user_map.cloned();
+        let batch_size = u64::from(args.batch_size);
+        let unmapped = args.unmapped;
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Batch { first_row: from, rows: 0, data: Vec::with_capacity(64 * 1024) };
+            let mut row: Vec<Value> = Vec::with_capacity(columns.len());
+            json_rows::read_rows(&path, &columns, |i, values| {
+                if i < from {
+                    return Ok(());
+                }
+                row.clear();
+                row.extend_from_slice(values);
+                if let Some(map) = &user_map {
+                    for &(c, _) in &user_ids {
+                        if let Value::String(old) = &row[c] {
+                            match map.get(&old.to_ascii_lowercase()) {
+                                Some(new) => row[c] = Value::String(new.clone()),
+                                None if unmapped == Unmapped::Null => row[c] = Value::Null,
+                                None if unmapped == Unmapped::Keep => {}
+                                None => bail!("row {}: user id {old} has no mapping", i + 1),
+                            }
+                        }
+                    }
+                }
+                for (n, &f) in fields.iter().enumerate() {
+                    if n > 0 {
+                        batch.data.push(b'\t');
+                    }
+                    copy_text::write_field(&mut batch.data, &kinds[f], &row[f])
+                        .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
+                }
+                batch.data.push(b'\n');
+                batch.rows += 1;
+                if batch.rows == batch_size {
+                    let next = Batch { first_row: i + 1, rows: 0, data: Vec::with_capacity(batch.data.capacity()) };
+                    let full = std::mem::replace(&mut batch, next);
+                    if sender.blocking_send(full).is_err() {
+                        bail!("the import stopped");
+                    }
+                }
+                Ok(())
+            })?;
+            if batch.rows > 0 {
+                let _ = sender.blocking_send(batch);
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+
+    let mut committed = from;
+    let mut failure = None;
+    while let Some(batch) = receiver.recv().await {
+        let (first_row, rows) = (batch.first_row, batch.rows);
+        if let Err(e) = write_batch(client, plan, batch).await {
+            failure = Some(e);
+            break;
+        }
+        committed = first_row + rows;
+        bar.set_position(committed);
+    }
+    drop(receiver);
+    let read = reader.await.context("the file reader panicked")?;
+    bar.finish_and_clear();
+    if let Some(e) = failure {
+        return Err(e.context(format!(
+            "import of {name} stopped; {committed} of {total} rows are committed and a re-run resumes after them"
+        )));
+    }
+    read.with_context(|| format!("reading {} failed; {committed} of {total} rows are committed", plan.entry.file))?;
+    if committed != total {
+        bail!("{name}: {committed} rows loaded but the file has {total}");
+    }
+    Ok(Loaded {
+        table: name.to_string(),
+        rows_in_file: total,
+        already: from,
+        loaded: committed - from,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// One transaction: the rows, then the checkpoint that says they are in.
+async fn write_batch(client: &mut Client, plan: &TablePlan, batch: Batch) -> Result<()> {
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in(plan.copy_sql.as_str()).await?;
+    pin_mut!(sink);
+    let copied = async {
+        sink.send(Bytes::from(batch.data)).await?;
+        sink.finish().await
+    }
+    .await;
+    if let Err(e) = copied {
+        return Err(row_error(plan, batch.first_row, batch.rows, &e));
+    }
+    if let Some((_, insert)) = &plan.staging {
+        tx.execute(insert.as_str(), &[]).await.map_err(|e| {
+            anyhow!(
+                "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
+                plan.spec.name,
+                batch.first_row + 1,
+                batch.first_row + batch.rows,
+                plan.entry.file,
+                crate::column_map::server_message(&e)
+            )
+        })?;
+    }
+    let done = (batch.first_row + batch.rows) as i64;
+    tx.execute(
+        &format!(
+            "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (table_name) DO UPDATE \
+             SET rows_committed = EXCLUDED.rows_committed, file_sha256 = EXCLUDED.file_sha256, \
+                 rows_total = EXCLUDED.rows_total, updated_at = now()"
+        ),
+        &[&plan.spec.name, &plan.entry.sha256, &done, &(plan.entry.rows as i64)],
+    )
+    .await?;
+    tx.commit().await.context("could not commit a batch")?;
+    Ok(())
+}
+
+/// Names the file row, column and reason of a row the server rejected. The server's CONTEXT
+/// (`COPY t, line 7, column c: "value"`) would show the value; only the line and column are
+/// kept, since the value may be personal data.
+fn row_error(plan: &TablePlan, first_row: u64, rows: u64, e: &tokio_postgres::Error) -> anyhow::Error {
+    let Some(db) = e.as_db_error() else {
+        return anyhow!("{}: writing a batch failed: {e}", plan.spec.name);
+    };
+    let context = db.where_().unwrap_or_default();
+    let line = context
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    let column = context
+        .split(", column ")
+        .nth(1)
+        .map(|rest| rest.split(':').next().unwrap_or(rest).to_string());
+    let row = line.map_or_else(
+        || format!("rows {}..{}", first_row + 1, first_row + rows),
+        |l| format!("row {}", first_row + l),
+    );
+    anyhow!(
+        "{}: the target rejected {row} of {}{}: {} (SQLSTATE {}); the batch was rolled back",
+        plan.target,
+        plan.entry.file,
+        column.map(|c| format!(", column {c}")).unwrap_or_default(),
+        db.message(),
+        db.code().code()
+    )
+}
+
+/// A table with no rows (or already complete) still gets its checkpoint.
+async fn ensure_checkpoint(client: &Client, plan: &TablePlan) -> Result<()> {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
+                 VALUES ($1, $2, $3, $3) ON CONFLICT (table_name) DO NOTHING"
+            ),
+            &[&plan.spec.name, &plan.entry.sha256, &(plan.entry.rows as i64)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Identity and serial columns continue after the imported maximum (what pg_dump's `setval`
+/// does; forgetting it breaks the first insert after the cut-over).
+async fn set_sequences(client: &Client, plans: &[TablePlan]) -> Result<()> {
+    for plan in plans {
+        let table = plan.target.quoted();
+        let rows = client
+            .query(
+                "SELECT a.attname::text, pg_get_serial_sequence($1, a.attname) \
+                 FROM pg_attribute a \
+                 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND pg_get_serial_sequence($1, a.attname) IS NOT NULL",
+                &[&table],
+            )
+            .await?;
+        for row in rows {
+            let column: String = row.get(0);
+            let sequence: String = row.get(1);
+            client
+                .execute(
+                    &format!(
+                        "SELECT setval({}, m) FROM (SELECT max({}) AS m FROM {table}) x WHERE m IS NOT NULL",
+                        quote_literal(&sequence),
+                        quote_ident(&column)
+                    ),
+                    &[],
+                )
+                .await
+                .with_context(|| format!("could not advance {sequence}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// After `--disable-fk`: every foreign key between imported tables, checked for orphans.
+async fn orphan_check(client: &Client, plans: &[TablePlan], target: &Discovered) -> Result<Vec<String>> {
+    let imported: BTreeSet<&str> = plans.iter().map(|p| p.map.target_table.as_str()).collect();
+    let mut problems = Vec::new();
+    for fk in &target.foreign_keys {
+        if !imported.contains(fk.table.as_str()) {
+            continue;
+        }
+        let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
+        let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
+        let not_null: Vec<String> = fk.columns.iter().map(|c| format!("c.{} IS NOT NULL", quote_ident(c))).collect();
+        let join: Vec<String> = fk
+            .columns
+            .iter()
+            .zip(&fk.referenced_columns)
+            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+            .collect();
+        let keys: Vec<String> = fk.columns.iter().map(|c| format!("c.{}::text", quote_ident(c))).collect();
+        let sql = format!(
+            "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
+             WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+            keys.join(", "),
+            not_null.join(" AND "),
+            join.join(" AND ")
+        );
+        let row = client.query_one(sql.as_str(), &[]).await?;
+        let count: i64 = row.get(0);
+        if count > 0 {
+            let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+            problems.push(format!(
+                "{} ({}.{} -> {}): {count} orphan row(s), e.g. {}",
+                fk.constraint,
+                fk.table,
+                fk.columns.join(","),
+                fk.references,
+                samples.join("; ")
+            ));
+        }
+    }
+    for p in &problems {
+        tracing::error!(target: "fmig::report", "foreign key violated: {p}");
+    }
+    Ok(problems)
+}
+
+fn render_dry_run(plans: &[TablePlan], start_at: &BTreeMap<String, u64>, args: &ImportArgs) -> String {
+    let mut table = TextTable::new(&[
+        ("table", Align::Left),
+        ("into", Align::Left),
+        ("rows", Align::Right),
+        ("resume at", Align::Right),
+        ("path", Align::Left),
+        ("user-id columns", Align::Left),
+    ]);
+    for p in plans {
+        let from = start_at.get(p.spec.name).copied().unwrap_or(0);
+        table.row(vec![
+            p.spec.name.to_string(),
+            p.map.target_table.clone(),
+            thousands(p.entry.rows as i64),
+            if args.truncate_first { "0 (truncate)".into() } else { thousands(from as i64) },
+            if p.staging.is_some() { "staging + mapping" } else { "direct COPY" }.to_string(),
+            p.user_ids.iter().map(|&(c, _)| p.columns[c].clone()).collect::<Vec<_>>().join(", "),
+        ]);
+    }
+    format!(
+        "{}Dry run: files, hashes, row counts, user mapping, column mapping and target tables \
+         checked; nothing was written. Batches of {} rows.\n",
+        table.render(),
+        args.batch_size
+    )
+}
+
+fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String]) -> String {
+    let mut table = TextTable::new(&[
+        ("table", Align::Left),
+        ("rows", Align::Right),
+        ("already in", Align::Right),
+        ("loaded", Align::Right),
+        ("seconds", Align::Right),
+        ("rows/s", Align::Right),
+    ]);
+    for r in results {
+        table.row(vec![
+            r.table.clone(),
+            thousands(r.rows_in_file as i64),
+            thousands(r.already as i64),
+            thousands(r.loaded as i64),
+            format!("{:.2}", r.seconds),
+            if r.seconds > 0.0 { thousands((r.loaded as f64 / r.seconds) as i64) } else { String::new() },
+        ]);
+    }
+    let mut out = format!(
+        "{}{} tables, {} rows loaded in {:.1}s\n",
+        table.render(),
+        results.len(),
+        thousands(results.iter().map(|r| r.loaded).sum::<u64>() as i64),
+        seconds
+    );
+    if !orphans.is_empty() {
+        out.push_str(&format!("\nForeign keys violated after --disable-fk ({}):\n", orphans.len()));
+        for o in orphans {
+            out.push_str(&format!("  {o}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,355 @@
+//! `fmig import` end to end: the fixture source, exported, loaded into the drifted fixture
+//! target with the fixture's column mapping and a user mapping; plus resume after kills and
+//! server restarts, and the refusals that protect data.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::cli::{Run, Workdir};
+use support::cluster::Cluster;
+use support::seed::{self, ORPHAN_ACTOR_ID, SeedConfig};
+
+/// A seeded source database and an empty target database in one cluster, an export of the
+/// source, and a user mapping that gives every auth user a new id.
+struct Setup {
+    cluster: Cluster,
+    work: Workdir,
+}
+
+const TARGET_DB: &str = "target";
+
+fn setup(config: &SeedConfig) -> Setup {
+    let cluster = Cluster::start();
+    seed::load_source_schema(&cluster, "postgres");
+    seed::seed_source(&cluster, "postgres", config);
+    cluster.create_database(TARGET_DB);
+    seed::load_target_schema(&cluster, TARGET_DB);
+    let work = Workdir::new();
+    work.run(
+        &["export", "--output-dir", "out"],
+        &[("SUPABASE_DB_URL", &cluster.url("postgres"))],
+    )
+    .expect_code(0);
+    // The new id of a user is derived from the old one, so tests can predict it.
+    let mapping = cluster.psql(
+        "postgres",
+        "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
+           'mappings', json_agg(json_build_object('supabaseUserId', id, \
+             'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
+         FROM auth.users",
+    );
+    std::fs::write(work.path().join("out/user-mapping.json"), mapping.trim()).unwrap();
+    std::fs::copy(fixture("fmig.toml"), work.path().join("fmig.toml")).unwrap();
+    Setup { cluster, work }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+impl Setup {
+    fn import(&self, extra: &[&str]) -> Run {
+        self.import_into(TARGET_DB, extra)
+    }
+
+    fn import_into(&self, db: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["import", "--input-dir", "out"];
+        args.extend_from_slice(extra);
+        self.work
+            .run(&args, &[("DATABASE_URL", &self.cluster.url(db))])
+    }
+
+    fn target(&self, sql: &str) -> String {
+        self.cluster.psql(TARGET_DB, sql).trim().to_string()
+    }
+
+    fn source(&self, sql: &str) -> String {
+        self.cluster.psql("postgres", sql).trim().to_string()
+    }
+}
+
+/// A fingerprint of every imported table's contents, independent of row order.
+fn fingerprint(cluster: &Cluster, db: &str) -> String {
+    let tables: Vec<&str> = fmig::manifest::builtin().iter().map(|t| t.name).collect();
+    tables
+        .iter()
+        .map(|t| {
+            cluster
+                .psql(db, &format!("SELECT '{t}:' || count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM public.{t} x"))
+                .trim()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_full_import_maps_users_and_columns_and_advances_sequences() {
+    let s = setup(&SeedConfig::default());
+
+    // The orphan audit id has no mapping: listed, and nothing is written.
+    let run = s.import(&[]);
+    run.expect_code(2);
+    assert!(run.stderr.contains(ORPHAN_ACTOR_ID), "{}", run.stderr);
+    assert!(run.stderr.contains("event_logs.actor_id"), "{}", run.stderr);
+    assert!(run.stderr.contains("nothing was written"), "{}", run.stderr);
+    assert_eq!(
+        s.target("SELECT to_regclass('fmig.import_progress') IS NULL"),
+        "t"
+    );
+    assert_eq!(s.target("SELECT count(*) FROM public.organizations"), "0");
+
+    // The dry run checks everything, shows the plan, and writes nothing.
+    let run = s.import(&["--unmapped", "null", "--dry-run"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("nothing was written"), "{}", run.stdout);
+    assert!(run.stdout.contains("staging + mapping"), "{}", run.stdout);
+    assert!(run.stdout.contains("direct COPY"), "{}", run.stdout);
+    assert_eq!(
+        s.target("SELECT to_regclass('fmig.import_progress') IS NULL"),
+        "t"
+    );
+
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(0);
+    for spec in fmig::manifest::builtin() {
+        let source = s.source(&format!("SELECT count(*) FROM public.{}", spec.name));
+        let target = s.target(&format!("SELECT count(*) FROM public.{}", spec.name));
+        assert_eq!(source, target, "rows of {}", spec.name);
+    }
+    // User ids are Stack Auth ids now; the orphan became NULL.
+    let expected_profiles = s.source("SELECT string_agg(md5('stack' || user_id)::uuid::text, ',' ORDER BY 1) FROM public.profiles");
+    let got_profiles =
+        s.target("SELECT string_agg(user_id::text, ',' ORDER BY 1) FROM public.profiles");
+    assert_eq!(got_profiles, expected_profiles);
+    assert_eq!(
+        s.target(&format!(
+            "SELECT count(*) FROM public.event_logs WHERE actor_id = '{ORPHAN_ACTOR_ID}'"
+        )),
+        "0"
+    );
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.sites s WHERE created_by IS NOT NULL"),
+        s.source("SELECT count(*) FROM public.sites s WHERE created_by IS NOT NULL"),
+    );
+    // Renamed column kept its data; the profile lookup found profiles.
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.manual_temperature_logs WHERE recorded_at IS NULL"),
+        "0"
+    );
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.corrective_actions c WHERE c.profile_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM public.profiles p WHERE p.id = c.profile_id)"),
+        "0"
+    );
+    // The next sensor reading gets an id above every imported one.
+    assert_eq!(
+        s.target("SELECT nextval(pg_get_serial_sequence('public.sensor_readings', 'id')) > (SELECT max(id) FROM public.sensor_readings)"),
+        "t"
+    );
+    // A second run has nothing left to do and changes nothing.
+    let before = fingerprint(&s.cluster, TARGET_DB);
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(0);
+    assert_eq!(fingerprint(&s.cluster, TARGET_DB), before);
+}
+
+#[test]
+fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
+    let s = setup(&SeedConfig {
+        sensor_readings: 30_000,
+        ..SeedConfig::default()
+    });
+    // The reference: one uninterrupted import into another database.
+    s.cluster.create_database("reference");
+    seed::load_target_schema(&s.cluster, "reference");
+    s.import_into("reference", &["--unmapped", "null", "--batch-size", "200"])
+        .expect_code(0);
+    let reference = fingerprint(&s.cluster, "reference");
+
+    // Kill -9 at several moments (deterministic spread: 0.3 s .. 2.1 s), re-running each time.
+    let mut kills = 0;
+    for delay_ms in [300u64, 700, 1100, 1500, 2100] {
+        let mut child = s
+            .work
+            .command(
+                &[
+                    "import",
+                    "--input-dir",
+                    "out",
+                    "--unmapped",
+                    "null",
+                    "--batch-size",
+                    "200",
+                ],
+                &[("DATABASE_URL", &s.cluster.url(TARGET_DB))],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 2,
+        "the import finished too fast to be interrupted ({kills} kills)"
+    );
+
+    // A server restart in the middle of a run: the run fails, the next one completes.
+    let child = s
+        .work
+        .command(
+            &[
+                "import",
+                "--input-dir",
+                "out",
+                "--unmapped",
+                "null",
+                "--batch-size",
+                "50",
+            ],
+            &[("DATABASE_URL", &s.cluster.url(TARGET_DB))],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    s.cluster.restart();
+    let _ = child.wait_with_output().unwrap();
+
+    s.import(&["--unmapped", "null", "--batch-size", "200"])
+        .expect_code(0);
+    assert_eq!(
+        fingerprint(&s.cluster, TARGET_DB),
+        reference,
+        "resumed import differs from an uninterrupted one"
+    );
+}
+
+#[test]
+fn damaged_exports_are_refused_before_any_write() {
+    let s = setup(&SeedConfig::default());
+    let out = s.work.path().join("out");
+
+    // An edited value keeps the JSON valid but not the hash.
+    let path = out.join("areas.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let edited = original.replacen("\"name\":\"", "\"name\":\"X", 1);
+    assert_ne!(edited, original);
+    std::fs::write(&path, &edited).unwrap();
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("areas.json does not match metadata.json"),
+        "{}",
+        run.stderr
+    );
+
+    // A truncated file: the line and column of the problem.
+    std::fs::write(&path, &original[..original.len() / 2]).unwrap();
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("areas.json, line"), "{}", run.stderr);
+    assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+    std::fs::write(&path, &original).unwrap();
+    assert_eq!(
+        s.target("SELECT to_regclass('fmig.import_progress') IS NULL"),
+        "t",
+        "something was written"
+    );
+
+    // A target with someone else's rows, and --truncate-first without --yes.
+    s.target("INSERT INTO public.organizations (id, name, slug) VALUES (gen_random_uuid(), 'theirs', 'theirs')");
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("already has rows that fmig did not import"),
+        "{}",
+        run.stderr
+    );
+    let run = s.import(&["--unmapped", "null", "--truncate-first"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+    assert_eq!(s.target("SELECT count(*) FROM public.organizations"), "1");
+    s.import(&["--unmapped", "null", "--truncate-first", "--yes"])
+        .expect_code(0);
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.organizations WHERE slug = 'theirs'"),
+        "0"
+    );
+}
+
+#[test]
+fn a_rejected_row_is_named_and_disable_fk_reports_orphans() {
+    let s = setup(&SeedConfig::default());
+    // The target rejects one existing area name: the error names table, file row and column.
+    let name = s.source("SELECT name FROM public.areas ORDER BY name LIMIT 1");
+    s.target(&format!(
+        "ALTER TABLE public.areas ADD CONSTRAINT no_such_name CHECK (name <> {})",
+        fmig::ident::quote_literal(&name)
+    ));
+    let run = s.import(&["--unmapped", "null"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("public.areas: the target rejected row"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("of areas.json"), "{}", run.stderr);
+    assert!(run.stderr.contains("no_such_name"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("a re-run resumes after them"),
+        "{}",
+        run.stderr
+    );
+    // Earlier tables are committed and checkpointed; areas has nothing.
+    assert_eq!(s.target("SELECT count(*) FROM public.areas"), "0");
+    assert!(
+        s.target("SELECT count(*) FROM fmig.import_progress")
+            .parse::<u32>()
+            .unwrap()
+            > 0
+    );
+
+    // --disable-fk loads sites without their organizations and reports the orphans.
+    // Truncating only sites is refused by the server (other tables reference it), with its hint.
+    let run = s.import(&[
+        "--unmapped",
+        "null",
+        "--truncate-first",
+        "--yes",
+        "--table",
+        "sites",
+    ]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("cannot truncate a table referenced in a foreign key"),
+        "{}",
+        run.stderr
+    );
+    s.cluster.create_database("fk");
+    seed::load_target_schema(&s.cluster, "fk");
+    let run = s.import_into(
+        "fk",
+        &["--unmapped", "null", "--disable-fk", "--table", "sites"],
+    );
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains("sites_organization_id_fkey"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("orphan row"), "{}", run.stdout);
+}
