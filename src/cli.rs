@@ -16,12 +16,14 @@ const EXAMPLES: &str = "\
 The maintenance window, in order:
   fmig export --dry-run        tables, import order, row counts, users; touches nothing
   fmig export                  source -> ./migration-data: one snapshot, JSON files, checksums
-  fmig migrate-users           users -> Stack Auth + user-mapping.json (not yet available)
+  fmig migrate-users           users -> Stack Auth, passwords kept; user-mapping.json
   fmig import                  ./migration-data -> target, user ids rewritten, resumable
   fmig verify                  prove target == source                (not yet available)
 
 Before the window: fmig plan compares the two schemas; fmig plan --write-template starts
 the column mapping (fmig.toml) for the differences it finds.
+After it: fmig mapping lookup <id or e-mail> answers 'which user was this?' for 90 days;
+fmig mapping prune then deletes user-mapping.json (it holds e-mail addresses).
 
 Configuration comes from the environment or a .env file (see .env.example):
   SUPABASE_DB_URL  source: the direct connection, port 5432, e.g.
@@ -95,8 +97,24 @@ pub enum Command {
     Export(ExportArgs),
 
     /// Create the exported Supabase users in Stack Auth and write user-mapping.json.
-    /// (Not yet available.)
-    MigrateUsers(NotYetArgs),
+    ///
+    /// Every user of auth_users.json is put in one category first (password, OAuth only,
+    /// e-mail only, or a reason it cannot be migrated as is) and the list is printed. Users
+    /// keep their passwords (Supabase's bcrypt hashes are carried) and OAuth accounts. Before
+    /// creating anything, fmig lists the project's users and maps those it already created
+    /// (server_metadata.supabase_user_id), so a re-run - also after a crash or kill -9 -
+    /// never creates a second account. Each created user is recorded in a fsynced journal;
+    /// user-mapping.json (mode 0600) is rewritten from it. Exit code 1 when some users failed
+    /// or conflict with an existing account (the mapping still holds everyone else), 2 on bad
+    /// credentials, which stop the run at once.
+    #[command(
+        after_help = "Examples:\n  fmig migrate-users --dry-run\n  fmig migrate-users\n  fmig migrate-users --concurrency 8 --rate-limit 50\n  fmig migrate-users --oauth-providers google,github,microsoft --banned create\n  fmig migrate-users --adopt-existing     # map to same-e-mail accounts that already exist"
+    )]
+    MigrateUsers(MigrateUsersArgs),
+
+    /// Look up and, after the retention period, delete the user mapping (for customer
+    /// support: "my old dashboard showed X").
+    Mapping(MappingArgs),
 
     /// Load the export directory into the target, rewriting user ids.
     ///
@@ -332,6 +350,213 @@ pub struct ImportArgs {
     pub target: TargetOpts,
     #[command(flatten)]
     pub connect: ConnectOpts,
+}
+
+/// The Stack Auth project migrate-users talks to.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Stack Auth")]
+pub struct StackAuthOpts {
+    /// The Stack Auth API base: the cloud API, or a self-hosted backend's URL.
+    #[arg(
+        long,
+        env = "STACK_AUTH_API_URL",
+        default_value = crate::stack_auth::DEFAULT_API_URL,
+        value_name = "URL"
+    )]
+    pub stack_auth_url: String,
+
+    /// The Stack Auth project id (a UUID).
+    #[arg(long, env = "STACK_AUTH_PROJECT_ID", value_name = "UUID")]
+    pub project_id: Option<String>,
+
+    /// The project's secret server key (ssk_...). Prefer the environment or .env: a flag is
+    /// visible to other users in the process list.
+    #[arg(
+        long,
+        env = "STACK_AUTH_SECRET_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub secret_key: Option<String>,
+}
+
+impl StackAuthOpts {
+    /// The checked settings; the key is registered as a secret before anything else happens.
+    pub fn credentials(&self) -> Result<crate::stack_auth::Credentials> {
+        crate::stack_auth::Credentials::new(
+            &self.stack_auth_url,
+            self.project_id.as_deref().unwrap_or(""),
+            self.secret_key.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// What to do with users banned in Supabase (`banned_until` in the future).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BannedPolicy {
+    /// Do not create them; list them.
+    Skip,
+    /// Create them anyway. Stack Auth's create has no "restricted" flag, so they become
+    /// ordinary accounts: each is listed loudly to restrict by hand.
+    Create,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Migrate-users options")]
+pub struct MigrateUsersArgs {
+    /// The export directory: where auth_users.json is read and user-mapping.json written.
+    #[arg(
+        long,
+        env = "EXPORT_DIR",
+        hide_env_values = true,
+        default_value = "./migration-data",
+        value_name = "DIR"
+    )]
+    pub export_dir: PathBuf,
+
+    /// The exported users (default: <export-dir>/auth_users.json, or .json.gz).
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+
+    /// The user mapping to write (default: <export-dir>/user-mapping.json). The journal
+    /// (user-migration.journal.jsonl) and password-reset-needed.csv go next to it.
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Print the users by category, sample request bodies (password hashes masked) and the
+    /// users that need attention; check the credentials with one read; create nothing and
+    /// write no output file.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Minimum milliseconds between two requests to Stack Auth, all workers together
+    /// (1000 / requests per second). 0: no limit beyond --concurrency.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub rate_limit: u64,
+
+    /// Users created at the same time.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+
+    /// OAuth providers configured in the Stack Auth project (Stack Auth ids; Supabase's azure,
+    /// linkedin_oidc and twitter become microsoft, linkedin and x). Identities of other
+    /// providers cannot be carried: their users are listed.
+    #[arg(
+        long,
+        value_name = "IDS",
+        value_delimiter = ',',
+        default_value = "google,github,microsoft,apple,discord,gitlab,bitbucket,linkedin,x,facebook,spotify,twitch"
+    )]
+    pub oauth_providers: Vec<String>,
+
+    /// Also migrate soft-deleted users (deleted_at set); skipped and listed by default.
+    #[arg(long)]
+    pub include_deleted: bool,
+
+    /// Users banned in Supabase: skip (default) or create.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = BannedPolicy::Skip)]
+    pub banned: BannedPolicy,
+
+    /// Map a Supabase user to an existing Stack Auth user with the same e-mail that fmig did
+    /// not create (without this, such a user is a conflict to settle by hand).
+    #[arg(long)]
+    pub adopt_existing: bool,
+
+    /// Attempts per request on 429, 5xx and timeouts before the user counts as failed.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+
+    /// Seconds before a request without an answer counts as timed out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout: u64,
+
+    /// First back-off in milliseconds when a 429 has no Retry-After (then doubling, jittered).
+    #[arg(long, value_name = "MS", default_value_t = 250, hide = true)]
+    pub backoff_ms: u64,
+
+    #[command(flatten)]
+    pub stack_auth: StackAuthOpts,
+}
+
+impl MigrateUsersArgs {
+    /// --output, or <export-dir>/user-mapping.json.
+    pub fn output_path(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| self.export_dir.join(crate::user_mapping::FILE_NAME))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MappingArgs {
+    #[command(subcommand)]
+    pub command: MappingCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Which Stack Auth user a Supabase user became, or the reverse: give an old id, a new id
+    /// or an e-mail address. Exit code 1 when nothing matches.
+    #[command(
+        after_help = "Examples:\n  fmig mapping lookup 0b4c5f4e-2f9a-4c55-9a59-5d2f1c7b9e11\n  fmig mapping lookup chef@freshtrack.example --json"
+    )]
+    Lookup(MappingLookupArgs),
+
+    /// Delete user-mapping.json, its journal and password-reset-needed.csv once retainUntil
+    /// (90 days after the migration) has passed. Refuses before then (exit code 1) unless
+    /// --force.
+    #[command(after_help = "Examples:\n  fmig mapping prune\n  fmig mapping prune --force")]
+    Prune(MappingPruneArgs),
+}
+
+/// Where the mapping file is.
+#[derive(Debug, Clone, Args)]
+pub struct MappingFileOpts {
+    /// The export directory holding user-mapping.json.
+    #[arg(
+        long,
+        env = "EXPORT_DIR",
+        hide_env_values = true,
+        default_value = "./migration-data",
+        value_name = "DIR"
+    )]
+    pub export_dir: PathBuf,
+
+    /// The mapping file (default: <export-dir>/user-mapping.json).
+    #[arg(long, value_name = "PATH")]
+    pub mapping: Option<PathBuf>,
+}
+
+impl MappingFileOpts {
+    pub fn path(&self) -> PathBuf {
+        self.mapping
+            .clone()
+            .unwrap_or_else(|| self.export_dir.join(crate::user_mapping::FILE_NAME))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MappingLookupArgs {
+    /// A Supabase user id, a Stack Auth user id or an e-mail address.
+    #[arg(value_name = "ID_OR_EMAIL")]
+    pub key: String,
+
+    /// Print the matches as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub file: MappingFileOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct MappingPruneArgs {
+    /// Delete even though retainUntil has not passed (or the mapping cannot be read).
+    #[arg(long)]
+    pub force: bool,
+
+    #[command(flatten)]
+    pub file: MappingFileOpts,
 }
 
 /// Arguments of a subcommand that is not built yet: it only has the connection options so its

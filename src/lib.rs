@@ -25,7 +25,9 @@ pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod schema_diff;
+pub mod stack_auth;
 pub mod supabase;
+pub mod user_mapping;
 
 use anyhow::{Result, bail};
 
@@ -45,7 +47,8 @@ pub async fn run(command: &Command) -> Result<Outcome> {
     match command {
         Command::Export(args) if args.dry_run => commands::dry_run::run(args).await,
         Command::Export(args) => commands::export::run(args).await,
-        Command::MigrateUsers(_) => not_yet("migrate-users", 6),
+        Command::MigrateUsers(args) => commands::migrate_users::run(args).await,
+        Command::Mapping(args) => commands::mapping::run(args),
         Command::Import(args) => commands::import::run(args).await,
         Command::Verify(_) => not_yet("verify", 7),
         Command::Plan(args) => commands::plan::run(args).await,

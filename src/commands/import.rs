@@ -26,7 +26,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::{SinkExt, pin_mut};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
@@ -45,6 +44,7 @@ use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
+use crate::user_mapping::UserMapping;
 
 /// Where checkpoints live in the target.
 const CHECKPOINT_TABLE: &str = "fmig.import_progress";
@@ -449,85 +449,22 @@ fn plan_table(
     })
 }
 
-/// The user mapping as the import needs it: old Supabase id -> Stack Auth id.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MappingFile {
-    retain_until: Option<String>,
-    mappings: Vec<MappingEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MappingEntry {
-    supabase_user_id: String,
-    stack_auth_user_id: String,
-}
-
+/// The user mapping as the import needs it: old Supabase id (lower-cased) -> Stack Auth id.
 fn load_user_mapping(path: &Path, unmapped: Unmapped) -> Result<HashMap<String, String>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && unmapped != Unmapped::Fail => {
-            warn!(path = %path.display(), "no user mapping: every user id is {}", if unmapped == Unmapped::Null { "set to NULL" } else { "kept" });
-            return Ok(HashMap::new());
-        }
-        Err(e) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "could not read the user mapping {}: run fmig migrate-users first, or give its path with --mapping",
-                    path.display()
-                )
-            });
-        }
-    };
-    let file: MappingFile = serde_json::from_str(&text).map_err(|e| {
-        anyhow!(
-            "{}, line {} column {}: not a valid user mapping: {e}",
-            path.display(),
-            e.line(),
-            e.column()
+    if !path.exists() && unmapped != Unmapped::Fail {
+        warn!(path = %path.display(), "no user mapping: every user id is {}", if unmapped == Unmapped::Null { "set to NULL" } else { "kept" });
+        return Ok(HashMap::new());
+    }
+    let mapping = UserMapping::load(path).with_context(|| {
+        format!(
+            "no usable user mapping at {} (run fmig migrate-users first, or give its path with --mapping)",
+            path.display()
         )
     })?;
-    if let Some(until) = &file.retain_until
-        && let Ok(until) = chrono::DateTime::parse_from_rfc3339(until)
-        && until < chrono::Utc::now()
-    {
-        warn!(path = %path.display(), retain_until = %until, "the user mapping is past its retainUntil date: is it the right file?");
+    if mapping.is_expired(chrono::Utc::now()) {
+        warn!(path = %path.display(), retain_until = %mapping.retain_until, "the user mapping is past its retainUntil date: is it the right file?");
     }
-    let mut map = HashMap::with_capacity(file.mappings.len());
-    for (i, m) in file.mappings.into_iter().enumerate() {
-        for (what, id) in [
-            ("supabaseUserId", &m.supabase_user_id),
-            ("stackAuthUserId", &m.stack_auth_user_id),
-        ] {
-            if !is_uuid(id) {
-                bail!(
-                    "{}: mappings[{i}].{what} {id:?} is not a UUID",
-                    path.display()
-                );
-            }
-        }
-        let old = m.supabase_user_id.to_ascii_lowercase();
-        let new = m.stack_auth_user_id.to_ascii_lowercase();
-        if let Some(previous) = map.insert(old.clone(), new.clone())
-            && previous != new
-        {
-            bail!(
-                "{}: Supabase user {old} is mapped twice, to {previous} and {new}",
-                path.display()
-            );
-        }
-    }
-    Ok(map)
-}
-
-fn is_uuid(text: &str) -> bool {
-    let b = text.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
+    Ok(mapping.id_map())
 }
 
 /// (table, column) -> unmapped id -> rows.

@@ -3,4 +3,6 @@
 pub mod dry_run;
 pub mod export;
 pub mod import;
+pub mod mapping;
+pub mod migrate_users;
 pub mod plan;

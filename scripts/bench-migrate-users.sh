@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The migrate-users benchmark (issue #6): builds the release fmig, then times
+# `fmig migrate-users` against the in-process Stack Auth emulator with a fixed latency per
+# request (see examples/bench_migrate_users.rs). Arguments go to the benchmark:
+# --users N (2000), --latency MS (20), --concurrency 4,16,32, --legacy-users N (200; 0 skips).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --bin fmig --example bench_migrate_users
+exec target/release/examples/bench_migrate_users "$@"

@@ -1,0 +1,831 @@
+//! `fmig migrate-users` against the Stack Auth emulator, with users from a real `fmig export` of
+//! a seeded Supabase-shaped cluster: every category, passwords that still verify, re-runs that
+//! create nothing, fault storms, bad credentials, conflicts, and kill -9 at random moments.
+
+#[path = "support/stack_auth_emulator.rs"]
+mod emulator;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use emulator::{Config, Emulator, Faults, StoredUser};
+use serde_json::Value;
+use support::cli::{Run, Workdir};
+use support::cluster::Cluster;
+use support::seed::{self, SeedConfig, SeededUser};
+
+/// Providers configured in the emulated project: `discord` is left out on purpose, so the
+/// seed's discord identities are "provider not configured".
+const PROVIDERS: &str = "google,github,microsoft,linkedin,x";
+
+struct Fixture {
+    /// auth_users.json exactly as `fmig export` wrote it.
+    auth_users: String,
+    users: Vec<SeededUser>,
+}
+
+/// One seeded cluster and one real export per test binary; the cluster is stopped as soon as
+/// the file is read.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let cluster = Cluster::start();
+        seed::load_source_schema(&cluster, "postgres");
+        let summary = seed::seed_source(
+            &cluster,
+            "postgres",
+            &SeedConfig {
+                users_per_category: 12,
+                sensor_readings: 10,
+                ..SeedConfig::default()
+            },
+        );
+        let work = Workdir::new();
+        work.run(
+            &["export", "--table", "organizations", "--output-dir", "data"],
+            &[("SUPABASE_DB_URL", &cluster.url("postgres"))],
+        )
+        .expect_code(0);
+        let auth_users =
+            std::fs::read_to_string(work.path().join("data/auth_users.json")).expect("export");
+        Fixture {
+            auth_users,
+            users: summary.seeded_users,
+        }
+    })
+}
+
+/// What the default rules (with [`PROVIDERS`]) must do with a seeded user.
+fn expected_category(u: &SeededUser) -> &'static str {
+    match u.category {
+        "password" | "upper_case_email" => "password",
+        "oauth" if u.identities.iter().any(|(p, _)| p == "discord") => "provider_not_configured",
+        "oauth" => "oauth",
+        "magic_link" => "email_only",
+        "invalid_hash" => "invalid_hash",
+        "phone" | "anonymous" | "sso" | "banned" | "soft_deleted" | "idn_email" => "skipped",
+        other => panic!("unknown seed category {other}"),
+    }
+}
+
+fn migratable(f: &Fixture) -> Vec<&SeededUser> {
+    f.users
+        .iter()
+        .filter(|u| expected_category(u) != "skipped")
+        .collect()
+}
+
+/// A work directory with the export's auth_users.json in `data/` (all users, or the first `n`
+/// migratable ones).
+fn workdir(only: Option<usize>) -> Workdir {
+    let f = fixture();
+    let work = Workdir::new();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    let text = match only {
+        None => f.auth_users.clone(),
+        Some(n) => {
+            let keep: BTreeSet<&str> = migratable(f)
+                .iter()
+                .take(n)
+                .map(|u| u.id.as_str())
+                .collect();
+            let all: Vec<Value> = serde_json::from_str(&f.auth_users).unwrap();
+            let kept: Vec<Value> = all
+                .into_iter()
+                .filter(|u| keep.contains(u["id"].as_str().unwrap()))
+                .collect();
+            serde_json::to_string(&kept).unwrap()
+        }
+    };
+    std::fs::write(work.path().join("data/auth_users.json"), text).unwrap();
+    work
+}
+
+fn emulator_with(faults: Faults) -> Emulator {
+    Emulator::start_with(
+        Config {
+            oauth_providers: PROVIDERS.split(',').map(String::from).collect(),
+            ..Config::default()
+        },
+        faults,
+    )
+}
+
+fn migrate(work: &Workdir, emu: &Emulator, extra: &[&str]) -> Run {
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec![
+        "migrate-users",
+        "--export-dir",
+        "data",
+        "--oauth-providers",
+        PROVIDERS,
+    ];
+    args.extend_from_slice(extra);
+    work.run(&args, &env)
+}
+
+/// Stack Auth users by `supabase_user_id`; panics on a Supabase user created twice.
+fn by_supabase_id(emu: &Emulator) -> BTreeMap<String, StoredUser> {
+    let mut map = BTreeMap::new();
+    for u in emu.users() {
+        let id = u
+            .supabase_user_id()
+            .unwrap_or_else(|| panic!("user {} has no supabase_user_id", u.id))
+            .to_string();
+        if let Some(other) = map.insert(id.clone(), u.clone()) {
+            panic!(
+                "Supabase user {id} exists twice in Stack Auth: {} and {}",
+                other.id, u.id
+            );
+        }
+    }
+    map
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn load_mapping(work: &Workdir) -> Value {
+    let text = std::fs::read_to_string(work.path().join("data/user-mapping.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Exactly one Stack Auth user per migratable Supabase user, none for the others, and a
+/// mapping that names each of them.
+fn assert_complete(work: &Workdir, emu: &Emulator, users: &[&SeededUser]) {
+    let stored = by_supabase_id(emu);
+    let expected: BTreeSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let got: BTreeSet<&str> = stored.keys().map(String::as_str).collect();
+    assert_eq!(
+        got, expected,
+        "Stack Auth users differ from the migratable ones"
+    );
+    assert_eq!(emu.users().len(), expected.len());
+    let mapping = load_mapping(work);
+    let pairs: BTreeMap<&str, &str> = mapping["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["supabaseUserId"].as_str().unwrap(),
+                m["stackAuthUserId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs.len(), expected.len(), "mapping size");
+    for (sup, user) in &stored {
+        assert_eq!(
+            pairs.get(sup.as_str()),
+            Some(&user.id.as_str()),
+            "mapping of {sup}"
+        );
+    }
+}
+
+#[test]
+fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
+    let f = fixture();
+    let emu = emulator_with(Faults::default());
+    let work = workdir(None);
+    let run = migrate(&work, &emu, &[]);
+    run.expect_code(0);
+    let expected = migratable(f);
+    assert_complete(&work, &emu, &expected);
+
+    let exported: Vec<Value> = serde_json::from_str(&f.auth_users).unwrap();
+    let exported: HashMap<&str, &Value> = exported
+        .iter()
+        .map(|u| (u["id"].as_str().unwrap(), u))
+        .collect();
+    let stored = by_supabase_id(&emu);
+    let mut verified_passwords = 0;
+    for u in &expected {
+        let s = &stored[&u.id];
+        let row = exported[u.id.as_str()];
+        assert_eq!(
+            s.primary_email.as_deref(),
+            u.email.as_deref().map(str::to_lowercase).as_deref(),
+            "{}",
+            u.id
+        );
+        assert_eq!(
+            s.primary_email_verified,
+            !row["email_confirmed_at"].is_null(),
+            "verification of {}",
+            u.id
+        );
+        assert!(s.primary_email_auth_enabled);
+        match expected_category(u) {
+            "password" => {
+                let hash = u.encrypted_password.as_deref().unwrap();
+                assert_eq!(s.password_hash.as_deref(), Some(hash), "hash of {}", u.id);
+                if let Some(password) = u.password {
+                    assert!(
+                        bcrypt::verify(password, s.password_hash.as_deref().unwrap()).unwrap(),
+                        "the old password of {} no longer verifies",
+                        u.id
+                    );
+                    verified_passwords += 1;
+                }
+            }
+            _ => assert_eq!(s.password_hash, None, "{} should have no password", u.id),
+        }
+        let want: BTreeSet<(String, String)> = u
+            .identities
+            .iter()
+            .filter(|(p, _)| !matches!(p.as_str(), "email" | "phone" | "discord"))
+            .map(|(p, id)| {
+                let p = match p.as_str() {
+                    "azure" => "microsoft",
+                    "linkedin_oidc" => "linkedin",
+                    "twitter" => "x",
+                    other => other,
+                };
+                (p.to_string(), id.clone())
+            })
+            .collect();
+        let got: BTreeSet<(String, String)> = s
+            .oauth_providers
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    p["account_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "OAuth accounts of {}", u.id);
+        assert_eq!(
+            s.server_metadata["supabase_app_metadata"], row["raw_app_meta_data"],
+            "app metadata of {} (big integers included)",
+            u.id
+        );
+    }
+    assert_eq!(verified_passwords, seed::KNOWN_BCRYPT.len());
+
+    // Files: private, in the spec's format.
+    let dir = work.path().join("data");
+    for name in [
+        "user-mapping.json",
+        "password-reset-needed.csv",
+        "user-migration.journal.jsonl",
+    ] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    let mapping = load_mapping(&work);
+    let generated =
+        chrono::DateTime::parse_from_rfc3339(mapping["generatedAt"].as_str().unwrap()).unwrap();
+    let retain =
+        chrono::DateTime::parse_from_rfc3339(mapping["retainUntil"].as_str().unwrap()).unwrap();
+    assert_eq!((retain - generated).num_days(), 90);
+    let keys: BTreeSet<&str> = mapping["mappings"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["supabaseUserId", "stackAuthUserId", "email", "migratedAt"])
+    );
+    let csv = std::fs::read_to_string(dir.join("password-reset-needed.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("id,email,reason"));
+    let in_csv: BTreeSet<&str> = lines.map(|l| l.split(',').next().unwrap()).collect();
+    let want_csv: BTreeSet<&str> = expected
+        .iter()
+        .filter(|u| {
+            matches!(expected_category(u), "email_only" | "invalid_hash")
+                || (expected_category(u) == "provider_not_configured" && u.identities.len() == 1)
+        })
+        .map(|u| u.id.as_str())
+        .collect();
+    assert_eq!(in_csv, want_csv, "{csv}");
+
+    // Everyone who needs attention is named, with the reason.
+    for u in f
+        .users
+        .iter()
+        .filter(|u| !matches!(expected_category(u), "password" | "oauth"))
+    {
+        assert!(
+            run.stdout.contains(&u.id),
+            "{} ({}) not named:\n{}",
+            u.id,
+            u.category,
+            run.stdout
+        );
+    }
+    for label in [
+        "SSO (SAML)",
+        "anonymous",
+        "banned",
+        "soft-deleted",
+        "no e-mail and no OAuth",
+        "e-mail rejected by Stack Auth",
+        "invalid password hash",
+        "OAuth provider not configured",
+        "internationalised domain",
+    ] {
+        assert!(
+            run.stdout.contains(label),
+            "{label} missing:\n{}",
+            run.stdout
+        );
+    }
+    // Secrets stay out of the log and the console.
+    let log = work.log();
+    assert!(log.contains("migrate-users summary"), "{log}");
+    for u in &f.users {
+        if let Some(h) = u.encrypted_password.as_deref().filter(|h| h.len() > 20) {
+            assert!(!log.contains(h) && !run.stdout.contains(h) && !run.stderr.contains(h));
+        }
+    }
+    assert!(!log.contains(emulator::SECRET_KEY));
+
+    // A re-run finds everyone and creates nothing.
+    let creates = emu.counts().creates;
+    let again = migrate(&work, &emu, &[]);
+    again.expect_code(0);
+    assert_eq!(emu.counts().creates, creates, "a re-run sent creates");
+    assert!(again.stdout.contains("\n0 created"), "{}", again.stdout);
+    assert_complete(&work, &emu, &expected);
+
+    // The support workflow.
+    let pw = expected.iter().find(|u| u.category == "password").unwrap();
+    let new_id = stored[&pw.id].id.clone();
+    let run = work.run(
+        &[
+            "mapping",
+            "lookup",
+            &pw.email.clone().unwrap().to_uppercase(),
+            "--export-dir",
+            "data",
+        ],
+        &[],
+    );
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains(&new_id) && run.stdout.contains(&pw.id),
+        "{}",
+        run.stdout
+    );
+    let run = work.run(
+        &[
+            "mapping",
+            "lookup",
+            &new_id,
+            "--export-dir",
+            "data",
+            "--json",
+        ],
+        &[],
+    );
+    run.expect_code(0);
+    let found: Vec<Value> = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(found[0]["supabaseUserId"], pw.id.as_str());
+    work.run(
+        &[
+            "mapping",
+            "lookup",
+            "nobody@nowhere.example",
+            "--export-dir",
+            "data",
+        ],
+        &[],
+    )
+    .expect_code(1);
+    let refused = work.run(&["mapping", "prune", "--export-dir", "data"], &[]);
+    refused.expect_code(1);
+    assert!(refused.stdout.contains("--force"), "{}", refused.stdout);
+    assert!(dir.join("user-mapping.json").exists());
+    work.run(
+        &["mapping", "prune", "--export-dir", "data", "--force"],
+        &[],
+    )
+    .expect_code(0);
+    for name in [
+        "user-mapping.json",
+        "password-reset-needed.csv",
+        "user-migration.journal.jsonl",
+    ] {
+        assert!(!dir.join(name).exists(), "{name} survived prune");
+    }
+    assert!(
+        dir.join("auth_users.json").exists(),
+        "prune touched the export"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_plan_masks_hashes_and_writes_nothing() {
+    let emu = emulator_with(Faults::default());
+    let work = workdir(None);
+    let run = migrate(&work, &emu, &["--dry-run"]);
+    run.expect_code(0);
+    let counts = emu.counts();
+    assert_eq!(counts.creates, 0);
+    assert!(counts.lists <= 1, "{counts:?}");
+    assert!(run.stdout.contains("credentials OK"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("\"password_hash\": \"$2a$10$********\""),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("\"supabase_user_id\""),
+        "{}",
+        run.stdout
+    );
+    for u in &fixture().users {
+        if let Some(h) = u.encrypted_password.as_deref().filter(|h| h.len() > 20) {
+            assert!(!run.stdout.contains(h), "a hash was printed");
+        }
+    }
+    let names: Vec<String> = std::fs::read_dir(work.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["auth_users.json"], "the dry run wrote files");
+
+    // Without credentials it still plans, and says it did not check them.
+    let run = work.run(&["migrate-users", "--export-dir", "data", "--dry-run"], &[]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("credentials not checked"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_credentials_stop_at_once_and_never_show_the_key() {
+    let emu = emulator_with(Faults::default());
+    let work = workdir(None);
+    let wrong_key = "ssk_wrong_key_4f1e2d3c";
+    let url = emu.url();
+    for (project, key, expect) in [
+        (emulator::PROJECT_ID, wrong_key, "INVALID_SECRET_SERVER_KEY"),
+        (
+            "00000000-0000-4000-8000-000000000000",
+            emulator::SECRET_KEY,
+            "CURRENT_PROJECT_NOT_FOUND",
+        ),
+    ] {
+        let started = Instant::now();
+        let run = work.run(
+            &["migrate-users", "--export-dir", "data"],
+            &[
+                ("STACK_AUTH_API_URL", url.as_str()),
+                ("STACK_AUTH_PROJECT_ID", project),
+                ("STACK_AUTH_SECRET_KEY", key),
+            ],
+        );
+        run.expect_code(2);
+        assert!(started.elapsed() < Duration::from_secs(10), "not at once");
+        assert!(run.stderr.contains(expect), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("STACK_AUTH_SECRET_KEY"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(wrong_key) && !work.log().contains(wrong_key));
+    }
+    assert_eq!(emu.counts().creates, 0);
+    assert!(emu.counts().unauthorized <= 2, "{:?}", emu.counts());
+
+    // Not Stack Auth at all: a 404 from another server is fatal too.
+    let run = work.run(
+        &["migrate-users", "--export-dir", "data"],
+        &[
+            ("STACK_AUTH_API_URL", &format!("{url}/not-here")),
+            ("STACK_AUTH_PROJECT_ID", emulator::PROJECT_ID),
+            ("STACK_AUTH_SECRET_KEY", emulator::SECRET_KEY),
+        ],
+    );
+    run.expect_code(2);
+    assert!(run.stderr.contains("STACK_AUTH_API_URL"), "{}", run.stderr);
+}
+
+#[test]
+fn a_key_revoked_mid_run_stops_at_once_and_keeps_the_mapping_of_those_created() {
+    use std::io::Read;
+    let f = fixture();
+    let emu = emulator_with(Faults {
+        latency: Duration::from_millis(50),
+        ..Faults::default()
+    });
+    let work = workdir(None);
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "migrate-users",
+        "--export-dir",
+        "data",
+        "--oauth-providers",
+        PROVIDERS,
+        "--concurrency",
+        "2",
+    ];
+    let mut child = work
+        .command(&args, &env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emu.users().len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    emu.set_secret_key("ssk_rotated_by_an_admin_0000");
+    let rotated = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            rotated.elapsed() < Duration::from_secs(20),
+            "fmig kept going with a revoked key"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_after = rotated.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stopped_after < Duration::from_secs(3), "{stopped_after:?}");
+    assert!(stderr.contains("INVALID_SECRET_SERVER_KEY"), "{stderr}");
+    let created = emu.users().len();
+    assert!(
+        created < migratable(f).len(),
+        "the run finished before the key was revoked"
+    );
+    // Everyone whose answer arrived is in the mapping; at most the requests in flight are not.
+    let mapping = load_mapping(&work);
+    let mapped = mapping["mappings"].as_array().unwrap().len();
+    assert!(
+        mapped <= created && mapped + 2 >= created,
+        "{mapped} mapped, {created} created"
+    );
+
+    emu.set_secret_key(emulator::SECRET_KEY);
+    migrate(&work, &emu, &[]).expect_code(0);
+    assert_complete(&work, &emu, &migratable(f));
+}
+
+#[test]
+fn storms_of_429_with_and_without_retry_after_and_5xx_are_ridden_out() {
+    let f = fixture();
+    let emu = emulator_with(Faults {
+        latency: Duration::from_millis(2),
+        rate_429: 0.3,
+        retry_after_share: 0.5,
+        retry_after_secs: 1,
+        rate_5xx: 0.15,
+        ..Faults::default()
+    });
+    let work = workdir(None);
+    let run = migrate(&work, &emu, &["--backoff-ms", "20", "--max-attempts", "20"]);
+    run.expect_code(0);
+    assert_complete(&work, &emu, &migratable(f));
+    let c = emu.counts();
+    assert!(c.rate_limited_with_retry_after > 0, "{c:?}");
+    assert!(c.rate_limited > c.rate_limited_with_retry_after, "{c:?}");
+    assert!(c.server_errors > 0, "{c:?}");
+}
+
+#[test]
+fn lost_answers_are_reconciled_not_created_twice() {
+    let f = fixture();
+    // Connections dropped right after the user was stored.
+    let emu = emulator_with(Faults {
+        drop_after_create: 0.35,
+        ..Faults::default()
+    });
+    let work = workdir(None);
+    migrate(&work, &emu, &["--backoff-ms", "10"]).expect_code(0);
+    assert!(emu.counts().dropped > 0);
+    assert_complete(&work, &emu, &migratable(f));
+
+    // A server slower than the client's timeout: every create times out, yet each user exists.
+    let emu = emulator_with(Faults {
+        delay_after_create: Duration::from_millis(2500),
+        ..Faults::default()
+    });
+    let work = workdir(Some(4));
+    let run = migrate(
+        &work,
+        &emu,
+        &["--request-timeout", "1", "--backoff-ms", "10"],
+    );
+    run.expect_code(0);
+    assert_eq!(emu.counts().creates, 4, "{:?}", emu.counts());
+    let some: Vec<&SeededUser> = migratable(f).into_iter().take(4).collect();
+    assert_complete(&work, &emu, &some);
+}
+
+#[test]
+fn an_existing_account_with_the_same_email_is_a_conflict_until_adopted() {
+    let f = fixture();
+    let emu = emulator_with(Faults::default());
+    let victim = migratable(f)
+        .into_iter()
+        .find(|u| u.category == "password")
+        .unwrap();
+    let email = victim.email.clone().unwrap();
+    let existing = emu.insert_user(serde_json::json!({
+        "primary_email": email,
+        "primary_email_verified": true,
+        "primary_email_auth_enabled": true,
+        "display_name": "signed up on the new app already",
+    }));
+    let work = workdir(None);
+    let run = migrate(&work, &emu, &[]);
+    run.expect_code(1);
+    assert!(run.stdout.contains("CONFLICT"), "{}", run.stdout);
+    assert!(run.stdout.contains(&existing) && run.stdout.contains("--adopt-existing"));
+    let same: Vec<StoredUser> = emu
+        .users()
+        .into_iter()
+        .filter(|u| u.primary_email.as_deref() == Some(email.to_lowercase().as_str()))
+        .collect();
+    assert_eq!(same.len(), 1, "the conflict was duplicated");
+    let mapping = load_mapping(&work);
+    let mapped = mapping["mappings"].as_array().unwrap();
+    assert_eq!(mapped.len(), migratable(f).len() - 1);
+    assert!(
+        mapped
+            .iter()
+            .all(|m| m["supabaseUserId"] != victim.id.as_str())
+    );
+
+    let run = migrate(&work, &emu, &["--adopt-existing"]);
+    run.expect_code(0);
+    let mapping = load_mapping(&work);
+    let adopted = mapping["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["supabaseUserId"] == victim.id.as_str())
+        .expect("adopted user mapped");
+    assert_eq!(adopted["stackAuthUserId"], existing.as_str());
+    assert_eq!(emu.users().len(), migratable(f).len());
+}
+
+#[test]
+fn a_migrated_user_deleted_in_stack_auth_is_noticed_and_created_again() {
+    let f = fixture();
+    let emu = emulator_with(Faults::default());
+    let work = workdir(Some(5));
+    migrate(&work, &emu, &[]).expect_code(0);
+    let some: Vec<&SeededUser> = migratable(f).into_iter().take(5).collect();
+    let gone = by_supabase_id(&emu)[&some[0].id].id.clone();
+    emu.delete_user(&gone);
+    let run = migrate(&work, &emu, &[]);
+    // Recreated and mapped, but a human should know someone deleted a migrated account.
+    run.expect_code(1);
+    assert!(
+        run.stdout.contains(&gone) && run.stdout.contains("no longer exists"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("\n1 created"), "{}", run.stdout);
+    assert_complete(&work, &emu, &some);
+    assert_ne!(by_supabase_id(&emu)[&some[0].id].id, gone);
+    let journal =
+        std::fs::read_to_string(work.path().join("data/user-migration.journal.jsonl")).unwrap();
+    assert_eq!(
+        journal.matches("\"event\":\"missing\"").count(),
+        1,
+        "{journal}"
+    );
+    migrate(&work, &emu, &[]).expect_code(0);
+}
+
+/// Kills fmig with SIGKILL and waits for it.
+fn kill_9(mut child: std::process::Child) {
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn kill_9_at_random_moments_then_a_rerun_leaves_one_user_each_and_a_complete_mapping() {
+    let f = fixture();
+    let users = migratable(f);
+    let latency = Duration::from_millis(100);
+    let emu = emulator_with(Faults {
+        latency,
+        stall_after_create: true,
+        ..Faults::default()
+    });
+    let work = workdir(None);
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = |concurrency: &'static str| {
+        [
+            "migrate-users",
+            "--export-dir",
+            "data",
+            "--oauth-providers",
+            PROVIDERS,
+            "--concurrency",
+            concurrency,
+            "--backoff-ms",
+            "10",
+        ]
+    };
+    let spawn = |concurrency: &'static str| {
+        work.command(&args(concurrency), &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fmig")
+    };
+
+    // Exactly between "the server created the user" and "fmig recorded it": the emulator
+    // stores the users and holds the answers back; fmig dies waiting for them.
+    let child = spawn("3");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emu.stalled() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(emu.stalled(), 3, "the creates did not reach the server");
+    kill_9(child);
+    let stalled_users = emu.users().len();
+    emu.release();
+
+    // Then at random moments, the last two rounds losing half the answers as well.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut random_ms = |lo: u64, hi: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + seed % (hi - lo)
+    };
+    let mut kills = Vec::new();
+    for round in 0..4 {
+        emu.set_faults(Faults {
+            latency,
+            drop_after_create: if round >= 2 { 0.5 } else { 0.0 },
+            ..Faults::default()
+        });
+        let before = emu.users().len();
+        let child = spawn("2");
+        let wait = random_ms(150, 900);
+        std::thread::sleep(Duration::from_millis(wait));
+        kill_9(child);
+        kills.push((wait, emu.users().len() - before));
+    }
+    emu.set_faults(Faults::default());
+
+    // A torn last journal line, as a kill in the middle of a write leaves it.
+    let journal = work.path().join("data/user-migration.journal.jsonl");
+    let mut text = std::fs::read_to_string(&journal).expect("the journal exists");
+    text.push_str("{\"event\":\"created\",\"projectId\":\"");
+    std::fs::write(&journal, text).unwrap();
+
+    let run = work.run(&args("4"), &env);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("last line was incomplete"),
+        "{}",
+        run.stderr
+    );
+    assert_complete(&work, &emu, &users);
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    for (i, line) in journal.lines().enumerate() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("journal line {} is damaged: {e}: {line}", i + 1));
+    }
+    let reconciled = journal.matches("\"event\":\"reconciled\"").count();
+    assert!(
+        reconciled >= stalled_users,
+        "{stalled_users} users created during the stall, {reconciled} reconciled; kills: {kills:?}"
+    );
+    eprintln!(
+        "{} users; stalled then killed: {stalled_users}; kills (ms after start, users created): {kills:?}; reconciled on the last run: {reconciled}",
+        users.len()
+    );
+}
