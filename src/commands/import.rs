@@ -536,9 +536,11 @@ fn handle_unmapped(
     mapping: &Path,
 ) -> Result<()> {
     let mut lines = Vec::new();
+    let mut counts = Vec::new();
     let mut ids: BTreeSet<&str> = BTreeSet::new();
     for ((table, column), values) in unmapped {
         let rows: u64 = values.values().sum();
+        counts.push(format!("{table}.{column} {} in {rows} rows", values.len()));
         lines.push(format!(
             "{table}.{column}: {} id(s) in {rows} row(s): {}",
             values.len(),
