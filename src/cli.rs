@@ -18,7 +18,7 @@ The maintenance window, in order:
   fmig export                  source -> ./migration-data: one snapshot, JSON files, checksums
   fmig migrate-users           users -> Stack Auth, passwords kept; user-mapping.json
   fmig import                  ./migration-data -> target, user ids rewritten, resumable
-  fmig verify                  prove target == source                (not yet available)
+  fmig verify                  prove target == source, row by row, after the mappings
 
 Before the window: fmig plan compares the two schemas; fmig plan --write-template starts
 the column mapping (fmig.toml) for the differences it finds.
@@ -130,8 +130,16 @@ pub enum Command {
     )]
     Import(ImportArgs),
 
-    /// Compare the target with the source, table by table. (Not yet available.)
-    Verify(NotYetArgs),
+    /// Prove the target equals the source, after the user and column mappings.
+    ///
+    /// Per table, row counts and a content checksum of both sides, streamed at the same time;
+    /// when they
+    /// differ, the primary keys missing, extra or changed (with the columns and both values,
+    /// personal data masked); then user ids unknown to the mapping and foreign-key orphans.
+    #[command(
+        after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
+    )]
+    Verify(VerifyArgs),
 
     /// Compare the source and target schemas before the window, with the column mapping.
     ///
@@ -559,12 +567,86 @@ pub struct MappingPruneArgs {
     pub file: MappingFileOpts,
 }
 
-/// Arguments of a subcommand that is not built yet: it only has the connection options so its
-/// help already shows how it will be configured.
+/// Where verify compares the target against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyAgainst {
+    /// The live source database (default).
+    Source,
+    /// The export files and their metadata.json (no source connection needed).
+    Export,
+}
+
 #[derive(Debug, Args)]
-pub struct NotYetArgs {
+#[command(next_help_heading = "Verify options")]
+pub struct VerifyArgs {
+    /// The export directory: where user-mapping.json is read and the report written.
+    #[arg(
+        long,
+        env = "EXPORT_DIR",
+        hide_env_values = true,
+        default_value = "./migration-data",
+        value_name = "DIR"
+    )]
+    pub export_dir: PathBuf,
+
+    /// The user mapping import used (default: <export-dir>/user-mapping.json).
+    #[arg(long, value_name = "PATH")]
+    pub mapping: Option<PathBuf>,
+
+    /// The column mapping file (TOML). Default: ./fmig.toml when it exists, else no mapping.
+    #[arg(long, value_name = "PATH")]
+    pub mapping_config: Option<PathBuf>,
+
+    /// Only this table (repeat the flag, or separate names with commas).
+    #[arg(long = "table", value_name = "NAME", value_delimiter = ',')]
+    pub tables: Vec<String>,
+
+    /// Compare row counts only.
+    #[arg(long)]
+    pub skip_checksum: bool,
+
+    /// Stop at the first table that differs.
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// The JSON report (default: <export-dir>/verification-report.json).
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Differences listed per table.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub max_diffs: usize,
+
+    /// What the target is compared with.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = VerifyAgainst::Source)]
+    pub against: VerifyAgainst,
+
+    /// Tables verified at the same time (each uses three connections).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub jobs: u16,
+
+    #[command(flatten)]
+    pub source: SourceOpts,
+    #[command(flatten)]
+    pub target: TargetOpts,
     #[command(flatten)]
     pub connect: ConnectOpts,
+}
+
+impl VerifyArgs {
+    /// --mapping, or <export-dir>/user-mapping.json.
+    pub fn mapping_path(&self) -> PathBuf {
+        self.mapping
+            .clone()
+            .unwrap_or_else(|| self.export_dir.join(crate::user_mapping::FILE_NAME))
+    }
+
+    /// --output, or <export-dir>/verification-report.json.
+    pub fn output_path(&self) -> PathBuf {
+        self.output
+            .clone()
+            .unwrap_or_else(|| self.export_dir.join("verification-report.json"))
+    }
 }
 
 fn parse_url(side: Side, value: Option<&str>) -> Result<DbUrl> {

@@ -29,7 +29,7 @@ pub mod stack_auth;
 pub mod supabase;
 pub mod user_mapping;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use cli::Command;
 
@@ -50,11 +50,7 @@ pub async fn run(command: &Command) -> Result<Outcome> {
         Command::MigrateUsers(args) => commands::migrate_users::run(args).await,
         Command::Mapping(args) => commands::mapping::run(args),
         Command::Import(args) => commands::import::run(args).await,
-        Command::Verify(_) => not_yet("verify", 7),
+        Command::Verify(args) => commands::verify::run(args).await,
         Command::Plan(args) => commands::plan::run(args).await,
     }
-}
-
-fn not_yet(what: &str, issue: u32) -> Result<Outcome> {
-    bail!("fmig {what} is not available in this version yet (tracked as issue #{issue})")
 }

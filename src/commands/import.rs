@@ -268,7 +268,7 @@ pub async fn run(args: &ImportArgs) -> Result<Outcome> {
 }
 
 /// The source's shape as `metadata.json` records it, in the form the column mapping expects.
-fn source_catalog(metadata: &Metadata) -> Discovered {
+pub fn source_catalog(metadata: &Metadata) -> Discovered {
     let mut found = Discovered {
         schema: APP_SCHEMA.to_string(),
         auth_users_present: true,

@@ -6,3 +6,4 @@ pub mod import;
 pub mod mapping;
 pub mod migrate_users;
 pub mod plan;
+pub mod verify;

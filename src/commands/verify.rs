@@ -1,0 +1,1654 @@
+//! `fmig verify`: proves the target equals the source after the mappings, table by table, and
+//! points at every difference.
+//!
+//! Per table, both sides are streamed at the same time (never held in memory, never sorted):
+//! - **target**: its written columns (the [`TableMap`]'s, by target name) through binary COPY
+//!   and [`crate::codec`] to JSON text, hashed by [`RowHasher`];
+//! - **source**, transformed exactly as `import` does: user-id columns rewritten through
+//!   `user-mapping.json` (an id without a mapping becomes NULL, what `--unmapped null` writes;
+//!   the referential check flags any id the mapping does not know), then columns renamed or
+//!   dropped per the column mapping. A table whose columns all copy across unchanged (import's
+//!   "direct COPY") is transformed in Rust. Any other table (a `set` expression, or a column
+//!   whose type differs) goes through a temporary staging table of the source's shape on a
+//!   second target connection, in batches, and is read back with
+//!   `COPY (SELECT <item per target column> FROM stage AS src) TO STDOUT (FORMAT binary)`,
+//!   where an expression is [`TargetColumn::select_sql`] (the very SQL import runs) and a
+//!   column of another type is `CAST(src.col AS <target type>)`.
+//!
+//! With `--against export` the source rows come from the export files instead, and every table
+//! takes the staging path, fed exactly as import feeds it (the file's JSON values written as
+//! COPY text by [`crate::copy_text`], user ids rewritten on the way).
+//!
+//! **Canonical rule.** Both sides end with values of the target column's type, decoded by the
+//! same codec kind, so [`crate::checksum`]'s canonical form applies unchanged: `numeric` by
+//! value (4.20 = 4.2), timestamptz by instant, json key order ignored, `''` distinct from NULL,
+//! column order irrelevant. A lossy conversion (numeric -> integer, timestamptz ->
+//! timestamp(3), jsonb -> text) is compared *after* the cast PostgreSQL applies on import; the
+//! report lists such columns as "compared after conversion".
+//!
+//! **Locating differences.** Each side also keeps 256 bucket checksums, the bucket chosen by a
+//! hash of the primary key (of the whole row without one). When a table differs, a second pass
+//! keeps only the rows of differing buckets and reports primary keys missing, extra or changed
+//! (columns with both values; personal or secret columns masked), up to `--max-diffs`.
+//!
+//! **Referential checks.** Every user-id value in the target is a Stack Auth id of the mapping
+//! (or NULL), and no foreign key of the verified tables has orphans.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt, TryStreamExt, pin_mut};
+use serde::Serialize;
+use tokio_postgres::Client;
+use tracing::{error, info};
+
+use crate::Outcome;
+use crate::catalog::{self, Column, Discovered};
+use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
+use crate::cli::{VerifyAgainst, VerifyArgs};
+use crate::codec::{self, Cast, ColumnKind, PgType};
+use crate::column_map::{ColumnMap, ColumnValue, TableMap, TargetColumn};
+use crate::commands::import;
+use crate::connect::{self, ConnectOptions, DbUrl};
+use crate::copy_binary::CopyBinaryParser;
+use crate::files;
+use crate::ident::{QualifiedName, quote_ident};
+use crate::manifest::{self, APP_SCHEMA, TableSpec};
+use crate::metadata::{FileEntry, Metadata};
+use crate::progress;
+use crate::report::{Align, TextTable, thousands};
+use crate::user_mapping::UserMapping;
+
+/// Buckets per table for locating differences: 256 checksums per side cost nothing to keep,
+/// and a single changed row then costs a re-read of 1/256 of the table.
+const BUCKETS: usize = 256;
+/// Rows staged on the target per round trip (tables with expressions or type changes).
+const STAGE_BATCH_ROWS: usize = 50_000;
+/// Rows kept per side in the locating pass, so a table that differs everywhere cannot exhaust
+/// memory: beyond it the report says the listing is incomplete.
+const COLLECT_LIMIT: usize = 200_000;
+
+/// The whole report, also written as JSON.
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub generated_at: String,
+    pub against: String,
+    pub algorithm: String,
+    pub tables: Vec<TableReport>,
+    pub ok: bool,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    pub target_table: String,
+    pub source_rows: Option<u64>,
+    pub target_rows: Option<u64>,
+    pub rows_ok: bool,
+    /// `None` with --skip-checksum.
+    pub checksum_ok: Option<bool>,
+    pub status: Status,
+    pub seconds: f64,
+    /// `rust` (renamed/rewritten in fmig) or `staged` (through a staging table on the target).
+    pub method: String,
+    pub source_checksum: Option<RecordedChecksum>,
+    pub target_checksum: Option<RecordedChecksum>,
+    /// Columns whose type differs between the sides: compared after the target's cast.
+    pub compared_after_conversion: Vec<String>,
+    pub differing_buckets: usize,
+    /// Per differing bucket: its rows on each side (what is left to say without a primary key).
+    pub bucket_rows: Vec<BucketRows>,
+    pub differences: Vec<Difference>,
+    /// More differences were found than listed (--max-diffs, or the collect limit).
+    pub differences_truncated: bool,
+    /// User-id values not in the mapping, foreign-key orphans.
+    pub referential: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BucketRows {
+    pub bucket: usize,
+    pub source_rows: u64,
+    pub target_rows: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Differs,
+    Error,
+    Skipped,
+}
+
+/// One difference, named by primary key (or, without one, by the row's values).
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Difference {
+    /// In the source, not in the target.
+    Missing { key: String, count: u64 },
+    /// In the target, not in the source.
+    Extra { key: String, count: u64 },
+    /// Same key, other values.
+    Changed {
+        key: String,
+        columns: Vec<ColumnDiff>,
+    },
+    /// The same row a different number of times on each side.
+    Duplicated {
+        key: String,
+        source_count: u64,
+        target_count: u64,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ColumnDiff {
+    pub column: String,
+    pub source: String,
+    pub target: String,
+}
+
+/// What one table's verification needs, decided before reading a row.
+#[derive(Clone)]
+struct TablePlan {
+    name: String,
+    target: QualifiedName,
+    source: QualifiedName,
+    map: TableMap,
+    /// Target column names and codec kinds, in map.columns order (both sides).
+    names: Vec<String>,
+    kinds: Vec<ColumnKind>,
+    casts: Vec<Cast>,
+    /// `COPY (...) TO STDOUT (FORMAT binary)` of the target.
+    target_copy: String,
+    source_side: SourceSide,
+    /// Indices (into names) of the target's primary key; empty: none.
+    pk: Vec<usize>,
+    converted: Vec<String>,
+}
+
+#[derive(Clone)]
+enum SourceSide {
+    /// Binary COPY of the source, user ids rewritten in Rust at these indices (into names).
+    Direct { copy: String, user_ids: Vec<usize> },
+    /// The export file into a staging table on the target, read back transformed.
+    File {
+        path: std::path::PathBuf,
+        rows: u64,
+        columns: Vec<String>,
+        kinds: Vec<ColumnKind>,
+        create: String,
+        stage: String,
+        select: String,
+        /// Indices (into columns) of user-id columns.
+        user_ids: Vec<usize>,
+    },
+    /// Text COPY of the source into a staging table on the target, read back transformed.
+    Staged {
+        copy: String,
+        create: String,
+        stage: String,
+        select: String,
+        /// Indices of user-id fields in the text COPY line.
+        user_ids: Vec<usize>,
+    },
+}
+
+/// Everything the per-table work shares.
+struct Shared {
+    /// None with --against export.
+    source_url: Option<DbUrl>,
+    target_url: DbUrl,
+    options: ConnectOptions,
+    user_map: Arc<HashMap<String, String>>,
+    max_diffs: usize,
+    skip_checksum: bool,
+}
+
+pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
+    let started = Instant::now();
+    let manifest = manifest::builtin();
+    let selected = manifest::select(manifest, &args.tables, false)?;
+    let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
+    let target_url = args.target.url()?;
+    let options = args.connect.options();
+    let (source_url, source, metadata) = match args.against {
+        VerifyAgainst::Source => {
+            let url = args.source.url()?;
+            let client = connect::connect(&url, &options).await?;
+            let found = catalog::discover(&client, APP_SCHEMA).await?;
+            (Some(url), found, None)
+        }
+        VerifyAgainst::Export => {
+            let metadata = Metadata::load(&args.export_dir)?;
+            (None, import::source_catalog(&metadata), Some(metadata))
+        }
+    };
+    let target_client = connect::connect(&target_url, &options).await?;
+    let target = catalog::discover(&target_client, APP_SCHEMA).await?;
+    column_map
+        .validate(manifest, &source, &target)
+        .map_err(|e| anyhow!("{e}"))?;
+
+    let mut plans = Vec::new();
+    let mut reports = Vec::new();
+    for (_, spec) in manifest::import_order(manifest, &target) {
+        if !selected.contains(spec.name) || column_map.is_skipped(spec.name) {
+            continue;
+        }
+        let target_name = column_map.target_name(spec.name).to_string();
+        if !source.tables.contains_key(spec.name) || !target.tables.contains_key(&target_name) {
+            let mut r = empty_report(spec.name, &target_name);
+            r.status = Status::Error;
+            r.error = Some("missing in the source or the target".into());
+            reports.push(r);
+            continue;
+        }
+        let file = match &metadata {
+            Some(m) => Some(m.table(spec.name).ok_or_else(|| {
+                anyhow!(
+                    "table {} is not in the export in {}",
+                    spec.name,
+                    args.export_dir.display()
+                )
+            })?),
+            None => None,
+        };
+        let map = column_map.resolve(spec, &source, &target)?;
+        let pk = primary_key(&target_client, &target_name).await?;
+        let mut plan = plan_table(spec, map, &source, &target, &pk)?;
+        if let Some(entry) = file {
+            plan.source_side = file_side(&plan, entry, &args.export_dir)?;
+            plan.source = QualifiedName::new("export", &entry.file);
+        }
+        plans.push(plan);
+    }
+
+    let mapping_path = args.mapping_path();
+    let needs_mapping = plans.iter().any(|p| !p.map.user_id_columns.is_empty());
+    let user_map: HashMap<String, String> = if needs_mapping {
+        UserMapping::load(&mapping_path)
+            .with_context(|| {
+                format!(
+                    "no usable user mapping at {} (give the one import used with --mapping)",
+                    mapping_path.display()
+                )
+            })?
+            .id_map()
+    } else {
+        HashMap::new()
+    };
+    let shared = Arc::new(Shared {
+        source_url,
+        target_url,
+        options,
+        user_map: Arc::new(user_map),
+        max_diffs: args.max_diffs,
+        skip_checksum: args.skip_checksum,
+    });
+
+    // Tables in parallel (--jobs); --fail-fast stops starting new ones after a difference.
+    let stop = Arc::new(AtomicBool::new(false));
+    let fail_fast = args.fail_fast;
+    let results: Vec<TableReport> = futures::stream::iter(plans.iter().cloned())
+        .map(|plan| {
+            let shared = shared.clone();
+            let stop = stop.clone();
+            async move {
+                if stop.load(Ordering::SeqCst) {
+                    let mut r = empty_report(&plan.name, &plan.target.name);
+                    r.status = Status::Skipped;
+                    return r;
+                }
+                let report = verify_table(&plan, &shared).await;
+                if fail_fast && report.status != Status::Ok {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                report
+            }
+        })
+        .buffered(usize::from(args.jobs))
+        .collect()
+        .await;
+    reports.extend(results);
+
+    // Referential checks on the target, attached to the table they concern.
+    if !stop.load(Ordering::SeqCst) {
+        referential_checks(
+            &target_client,
+            &plans,
+            &target,
+            &shared.user_map,
+            &mut reports,
+        )
+        .await?;
+    }
+
+    let ok = reports.iter().all(|r| r.status == Status::Ok);
+    let report = VerifyReport {
+        generated_at: chrono::Utc::now().to_rfc3339(),
+        against: match args.against {
+            VerifyAgainst::Source => "source".into(),
+            VerifyAgainst::Export => format!("export {}", args.export_dir.display()),
+        },
+        algorithm: checksum::ALGORITHM.into(),
+        tables: reports,
+        ok,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    log_report(&report);
+    let text = render(&report);
+    progress::suspend(|| print!("{text}"));
+    let output = args.output_path();
+    let json = serde_json::to_vec_pretty(&report)?;
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+    }
+    files::write_atomically(&output, &json)?;
+    info!(path = %output.display(), "verification report written");
+    // A table that could not be read is not verified: "could not run" (exit 2), not "differs".
+    let failed: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|r| r.status == Status::Error)
+        .map(|r| r.table.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "could not verify {} (see {})",
+            failed.join(", "),
+            output.display()
+        );
+    }
+    Ok(if ok {
+        Outcome::Success
+    } else {
+        Outcome::ProblemsFound
+    })
+}
+
+fn empty_report(table: &str, target_table: &str) -> TableReport {
+    TableReport {
+        table: table.to_string(),
+        target_table: target_table.to_string(),
+        source_rows: None,
+        target_rows: None,
+        rows_ok: false,
+        checksum_ok: None,
+        status: Status::Ok,
+        seconds: 0.0,
+        method: String::new(),
+        source_checksum: None,
+        target_checksum: None,
+        compared_after_conversion: Vec::new(),
+        differing_buckets: 0,
+        bucket_rows: Vec::new(),
+        differences: Vec::new(),
+        differences_truncated: false,
+        referential: Vec::new(),
+        error: None,
+    }
+}
+
+/// The target table's primary-key columns, in key order.
+async fn primary_key(client: &Client, table: &str) -> Result<Vec<String>> {
+    let name = QualifiedName::new(APP_SCHEMA, table).quoted();
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&name],
+        )
+        .await
+        .with_context(|| format!("could not read the primary key of {name}"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn pg_type(c: &Column) -> PgType {
+    PgType {
+        oid: c.type_oid,
+        name: c.type_name.clone(),
+        typtype: c.type_kind,
+        category: c.type_category,
+        base_oid: c.base_oid,
+    }
+}
+
+fn plan_table(
+    spec: &TableSpec,
+    map: TableMap,
+    source: &Discovered,
+    target: &Discovered,
+    pk: &[String],
+) -> Result<TablePlan> {
+    let source_info = &source.tables[spec.name];
+    let target_info = &target.tables[&map.target_table];
+    let target_name = QualifiedName::new(APP_SCHEMA, &map.target_table);
+    let source_name = QualifiedName::new(APP_SCHEMA, spec.name);
+    let mut names = Vec::new();
+    let mut kinds = Vec::new();
+    let mut casts = Vec::new();
+    for column in &map.columns {
+        let info = target_info
+            .column(&column.name)
+            .ok_or_else(|| anyhow!("{}: no target column {}", spec.name, column.name))?;
+        let (kind, cast) = codec::column_kind(&pg_type(info));
+        names.push(column.name.clone());
+        kinds.push(kind);
+        casts.push(cast);
+    }
+    let target_select: Vec<String> = map
+        .columns
+        .iter()
+        .zip(&casts)
+        .map(|(c, cast)| codec::select_expr(&quote_ident(&c.name), *cast))
+        .collect();
+    let target_copy = copy_sql(&target_select, &target_name.quoted());
+    let converted: Vec<String> = map
+        .columns
+        .iter()
+        .filter(|c| matches!(&c.value, ColumnValue::Source { source_type, .. } if *source_type != c.target_type))
+        .map(|c| c.name.clone())
+        .collect();
+
+    // Import's rule: straight in when every written column is a source column of the same type.
+    let direct = map.columns.iter().all(|t| match &t.value {
+        ColumnValue::Source { source_type, .. } => *source_type == t.target_type,
+        ColumnValue::Expression { .. } => false,
+    });
+    let source_side = if direct {
+        let select: Vec<String> = map
+            .columns
+            .iter()
+            .zip(&casts)
+            .map(|(c, cast)| match &c.value {
+                ColumnValue::Source { column, .. } => {
+                    codec::select_expr(&quote_ident(column), *cast)
+                }
+                ColumnValue::Expression { .. } => unreachable!("direct tables have no expressions"),
+            })
+            .collect();
+        let user_ids = map
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(&c.value, ColumnValue::Source { column, .. } if map.user_id_columns.contains(column)))
+            .map(|(i, _)| i)
+            .collect();
+        SourceSide::Direct {
+            copy: copy_sql(&select, &source_name.quoted()),
+            user_ids,
+        }
+    } else {
+        // The staging table has the source's shape, as import's (the expression contract).
+        let stage = format!("fmig_verify_{}", spec.name);
+        let columns: Vec<&Column> = source_info.columns.iter().collect();
+        let defs: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    quote_ident(&c.name),
+                    crate::column_map::staging_type(c.type_oid, &c.type_name)
+                )
+            })
+            .collect();
+        let create = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
+            quote_ident(&stage),
+            defs.join(", ")
+        );
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let staged = crate::column_map::staging_type(c.type_oid, &c.type_name);
+                // User-defined types travel as text, as in import.
+                if staged == c.type_name {
+                    quote_ident(&c.name)
+                } else {
+                    format!("{}::text", quote_ident(&c.name))
+                }
+            })
+            .collect();
+        let copy = format!(
+            "COPY (SELECT {} FROM {}) TO STDOUT",
+            list.join(", "),
+            source_name.quoted()
+        );
+        let select = staged_select(&map, &casts, &stage);
+        let user_ids = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| map.user_id_columns.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect();
+        SourceSide::Staged {
+            copy,
+            create,
+            stage,
+            select,
+            user_ids,
+        }
+    };
+    let pk = pk
+        .iter()
+        .filter_map(|k| names.iter().position(|n| n == k))
+        .collect();
+    Ok(TablePlan {
+        name: spec.name.to_string(),
+        target: target_name,
+        source: source_name,
+        map,
+        names,
+        kinds,
+        casts,
+        target_copy,
+        source_side,
+        pk,
+        converted,
+    })
+}
+
+/// Reads the staged rows back as the target columns, with the target side's codec casts.
+fn staged_select(map: &TableMap, casts: &[Cast], stage: &str) -> String {
+    let items: Vec<String> = map
+        .columns
+        .iter()
+        .zip(casts)
+        .map(|(c, cast)| codec::select_expr(&format!("({})", staged_item(c)), *cast))
+        .collect();
+    copy_sql(&items, &format!("{} AS src", quote_ident(stage)))
+}
+
+/// A target column's value over the staged source row: import's expression, or the source
+/// column cast to the target's type (import's INSERT ... SELECT applies the same conversion).
+fn staged_item(c: &TargetColumn) -> String {
+    match &c.value {
+        ColumnValue::Source {
+            column,
+            source_type,
+        } if *source_type != c.target_type => {
+            format!("CAST(src.{} AS {})", quote_ident(column), c.target_type)
+        }
+        _ => c.select_sql(),
+    }
+}
+
+fn copy_sql(select: &[String], from: &str) -> String {
+    let list = if select.is_empty() {
+        "1".to_string()
+    } else {
+        select.join(", ")
+    };
+    format!("COPY (SELECT {list} FROM {from}) TO STDOUT (FORMAT binary)")
+}
+
+async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
+    let started = Instant::now();
+    let mut report = empty_report(&plan.name, &plan.target.name);
+    report.method = match plan.source_side {
+        SourceSide::Direct { .. } => "rust".into(),
+        SourceSide::Staged { .. } => "staged".into(),
+        SourceSide::File { .. } => "export file, staged".into(),
+    };
+    report.compared_after_conversion = plan.converted.clone();
+    if let Err(e) = verify_into(plan, shared, &mut report).await {
+        report.status = Status::Error;
+        report.error = Some(format!("{e:#}"));
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+async fn verify_into(plan: &TablePlan, shared: &Shared, report: &mut TableReport) -> Result<()> {
+    if shared.skip_checksum {
+        let t = count(&shared.target_url, &shared.options, &plan.target).await?;
+        let s = match (&plan.source_side, &shared.source_url) {
+            (SourceSide::File { rows, .. }, _) => *rows,
+            (_, Some(url)) => count(url, &shared.options, &plan.source).await?,
+            (_, None) => bail!("no source database"),
+        };
+        report.source_rows = Some(s);
+        report.target_rows = Some(t);
+        report.rows_ok = s == t;
+        report.status = if s == t { Status::Ok } else { Status::Differs };
+        return Ok(());
+    }
+    let (source, target) = both_sides(plan, shared, None).await?;
+    report.source_rows = Some(source.checksum.rows);
+    report.target_rows = Some(target.checksum.rows);
+    report.rows_ok = source.checksum.rows == target.checksum.rows;
+    report.source_checksum = Some(RecordedChecksum::from(&source.checksum));
+    report.target_checksum = Some(RecordedChecksum::from(&target.checksum));
+    let equal = source.checksum == target.checksum;
+    report.checksum_ok = Some(equal);
+    if equal {
+        report.status = Status::Ok;
+        return Ok(());
+    }
+    report.status = Status::Differs;
+    let differing: BTreeSet<usize> = (0..BUCKETS)
+        .filter(|&b| source.buckets[b] != target.buckets[b])
+        .collect();
+    report.differing_buckets = differing.len();
+    report.bucket_rows = differing
+        .iter()
+        .map(|&b| BucketRows {
+            bucket: b,
+            source_rows: source.buckets[b].rows,
+            target_rows: target.buckets[b].rows,
+        })
+        .collect();
+    // Second pass: only the rows of the differing buckets.
+    let (source, target) = both_sides(plan, shared, Some(Arc::new(differing))).await?;
+    let (differences, truncated) = compare_rows(plan, &source, &target, shared.max_diffs);
+    report.differences = differences;
+    report.differences_truncated = truncated || source.collect_overflow || target.collect_overflow;
+    Ok(())
+}
+
+async fn count(url: &DbUrl, options: &ConnectOptions, table: &QualifiedName) -> Result<u64> {
+    let client = connect::connect(url, options).await?;
+    Ok(catalog::row_count(&client, table).await? as u64)
+}
+
+/// One side's rows reduced: the checksum, the bucket checksums, and in the locating pass the
+/// rows of the selected buckets.
+struct Tally {
+    kinds: Vec<ColumnKind>,
+    pk: Vec<usize>,
+    hasher: RowHasher,
+    checksum: Checksum,
+    buckets: Vec<Checksum>,
+    collect: Option<Arc<BTreeSet<usize>>>,
+    /// Key (PK text, or the row hash without a PK) -> (count, row hash, values).
+    rows: HashMap<String, (u64, [u8; 32], Vec<String>)>,
+    collect_overflow: bool,
+    /// User-id rewriting in Rust (Direct source side only).
+    user_ids: Vec<usize>,
+    user_map: Option<Arc<HashMap<String, String>>>,
+    values: Vec<Vec<u8>>,
+}
+
+impl Tally {
+    fn new(plan: &TablePlan, collect: Option<Arc<BTreeSet<usize>>>) -> Tally {
+        let columns: Vec<(String, ColumnKind)> = plan
+            .names
+            .iter()
+            .cloned()
+            .zip(plan.kinds.iter().cloned())
+            .collect();
+        Tally {
+            kinds: plan.kinds.clone(),
+            pk: plan.pk.clone(),
+            hasher: RowHasher::new(&columns),
+            checksum: Checksum::default(),
+            buckets: vec![Checksum::default(); BUCKETS],
+            collect,
+            rows: HashMap::new(),
+            collect_overflow: false,
+            user_ids: Vec::new(),
+            user_map: None,
+            values: vec![Vec::new(); plan.names.len()],
+        }
+    }
+
+    /// One binary COPY row (NULL = None).
+    fn add(&mut self, fields: &[Option<&[u8]>]) -> Result<()> {
+        if fields.len() != self.kinds.len() {
+            // `SELECT 1` stands in for a table without written columns.
+            if !self.kinds.is_empty() {
+                bail!("{} fields, expected {}", fields.len(), self.kinds.len());
+            }
+        }
+        for (i, kind) in self.kinds.iter().enumerate() {
+            self.values[i].clear();
+            codec::write_json_value(&mut self.values[i], kind, fields[i])
+                .map_err(|e| anyhow!("column {i}: {e}"))?;
+        }
+        if let Some(map) = &self.user_map {
+            for &i in &self.user_ids {
+                let text = &self.values[i];
+                if text.as_slice() == b"null" {
+                    continue;
+                }
+                let old: String = serde_json::from_slice(text).unwrap_or_default();
+                let new = match map.get(&old.to_ascii_lowercase()) {
+                    Some(new) => serde_json::to_vec(new)?,
+                    None => b"null".to_vec(),
+                };
+                self.values[i] = new;
+            }
+        }
+        let refs: Vec<&[u8]> = self.values.iter().map(|v| v.as_slice()).collect();
+        let hash = self.hasher.hash_row(&refs);
+        let bucket = if self.pk.is_empty() {
+            hash[31] as usize
+        } else {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for &i in &self.pk {
+                for b in refs[i].iter().chain(b"\x00") {
+                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            (h % BUCKETS as u64) as usize
+        };
+        self.checksum.add_row(&hash);
+        self.buckets[bucket].add_row(&hash);
+        if let Some(set) = &self.collect
+            && set.contains(&bucket)
+        {
+            let key = if self.pk.is_empty() {
+                files::hex(&hash)
+            } else {
+                self.pk
+                    .iter()
+                    .map(|&i| String::from_utf8_lossy(refs[i]).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            if let Some(entry) = self.rows.get_mut(&key) {
+                entry.0 += 1;
+            } else if self.rows.len() < COLLECT_LIMIT {
+                let values = refs
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                self.rows.insert(key, (1, hash, values));
+            } else {
+                self.collect_overflow = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams both sides at the same time, each on its own task and connection.
+async fn both_sides(
+    plan: &TablePlan,
+    shared: &Shared,
+    collect: Option<Arc<BTreeSet<usize>>>,
+) -> Result<(Tally, Tally)> {
+    let target_task = {
+        let plan = plan.clone();
+        let url = shared.target_url.clone();
+        let options = shared.options.clone();
+        let collect = collect.clone();
+        tokio::spawn(async move {
+            let client = connect::connect(&url, &options).await?;
+            let mut tally = Tally::new(&plan, collect);
+            copy_binary(&client, &plan.target_copy, &mut tally)
+                .await
+                .with_context(|| format!("reading {} from the target", plan.target.name))?;
+            Ok::<Tally, anyhow::Error>(tally)
+        })
+    };
+    let source_task = {
+        let plan = plan.clone();
+        let source_url = shared.source_url.clone();
+        let target_url = shared.target_url.clone();
+        let options = shared.options.clone();
+        let user_map = shared.user_map.clone();
+        tokio::spawn(async move {
+            let mut tally = Tally::new(&plan, collect);
+            if let SourceSide::File { .. } = &plan.source_side {
+                let stage = connect::connect(&target_url, &options).await?;
+                from_file(&plan, &stage, user_map, &mut tally)
+                    .await
+                    .with_context(|| {
+                        format!("{}: the export file through the staging table", plan.name)
+                    })?;
+                return Ok::<Tally, anyhow::Error>(tally);
+            }
+            let source_url = source_url.ok_or_else(|| anyhow!("no source database"))?;
+            let source = connect::connect(&source_url, &options).await?;
+            match &plan.source_side {
+                SourceSide::File { .. } => unreachable!("handled above"),
+                SourceSide::Direct { copy, user_ids } => {
+                    tally.user_ids = user_ids.clone();
+                    tally.user_map = Some(user_map);
+                    copy_binary(&source, copy, &mut tally)
+                        .await
+                        .with_context(|| format!("reading {} from the source", plan.name))?;
+                }
+                SourceSide::Staged { .. } => {
+                    let stage = connect::connect(&target_url, &options).await?;
+                    staged(&plan, source, &stage, user_map, &mut tally)
+                        .await
+                        .with_context(|| {
+                            format!("{}: the source through the staging table", plan.name)
+                        })?;
+                }
+            }
+            Ok::<Tally, anyhow::Error>(tally)
+        })
+    };
+    let (source, target) = tokio::join!(source_task, target_task);
+    Ok((
+        source.context("the source reader panicked")??,
+        target.context("the target reader panicked")??,
+    ))
+}
+
+async fn copy_binary(client: &Client, sql: &str, tally: &mut Tally) -> Result<()> {
+    let stream = client
+        .copy_out(sql)
+        .await
+        .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
+    pin_mut!(stream);
+    let mut parser = CopyBinaryParser::with_expected_fields(tally.kinds.len().max(1));
+    while let Some(chunk) = stream.try_next().await? {
+        parser.feed(&chunk, |fields: &[Option<&[u8]>]| tally.add(fields))?;
+    }
+    parser.finish()?;
+    Ok(())
+}
+
+/// The source's rows as COPY text, user ids rewritten, staged on the target in batches and
+/// read back through the mapping's select list. A reader task fills the next batch while the
+/// current one is staged, so the source and the staging connection work at the same time.
+async fn staged(
+    plan: &TablePlan,
+    source: Client,
+    stage: &Client,
+    user_map: Arc<HashMap<String, String>>,
+    tally: &mut Tally,
+) -> Result<()> {
+    let SourceSide::Staged {
+        copy,
+        create,
+        stage: stage_name,
+        select,
+        user_ids,
+    } = &plan.source_side
+    else {
+        unreachable!("staged() is only called for staged tables")
+    };
+    stage.batch_execute(create).await?;
+    let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
+    let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let reader = {
+        let (copy, user_ids) = (copy.clone(), user_ids.clone());
+        tokio::spawn(async move {
+            let stream = source
+                .copy_out(copy.as_str())
+                .await
+                .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
+            pin_mut!(stream);
+            let mut pending: Vec<u8> = Vec::new();
+            let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
+            let mut rows = 0usize;
+            while let Some(chunk) = stream.try_next().await? {
+                pending.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+                    rewrite_line(
+                        &pending[start..start + end],
+                        &user_ids,
+                        &user_map,
+                        &mut batch,
+                    );
+                    start += end + 1;
+                    rows += 1;
+                    if rows == STAGE_BATCH_ROWS {
+                        rows = 0;
+                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
+                            bail!("verify stopped");
+                        }
+                    }
+                }
+                pending.drain(..start);
+            }
+            if rows > 0 {
+                let _ = sender.send(batch).await;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    let mut failure = None;
+    while let Some(mut batch) = receiver.recv().await {
+        if let Err(e) = flush_stage(stage, &stage_copy, select, &truncate, &mut batch, tally).await
+        {
+            failure = Some(e);
+            break;
+        }
+    }
+    drop(receiver);
+    let read = reader.await.context("the source reader panicked")?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    read
+}
+
+/// The staging side of --against export: the export's columns, typed as in the source.
+fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
+    let stage = format!("fmig_verify_{}", plan.name);
+    let defs: Vec<String> = entry
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                quote_ident(&c.name),
+                crate::column_map::staging_type(c.type_oid, &c.type_name)
+            )
+        })
+        .collect();
+    let kinds = entry
+        .columns
+        .iter()
+        .map(|c| {
+            c.kind().ok_or_else(|| {
+                anyhow!(
+                    "metadata.json: {}.{} has an unknown kind {:?}",
+                    plan.name,
+                    c.name,
+                    c.json
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let select = staged_select(&plan.map, &plan.casts, &stage);
+    Ok(SourceSide::File {
+        path: dir.join(&entry.file),
+        rows: entry.rows,
+        columns: entry.columns.iter().map(|c| c.name.clone()).collect(),
+        kinds,
+        create: format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
+            quote_ident(&stage),
+            defs.join(", ")
+        ),
+        stage,
+        select,
+        user_ids: entry
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| plan.map.user_id_columns.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect(),
+    })
+}
+
+/// --against export: the file read on a blocking thread into COPY text batches (import's own
+/// encoding), each staged and read back.
+async fn from_file(
+    plan: &TablePlan,
+    stage: &Client,
+    user_map: Arc<HashMap<String, String>>,
+    tally: &mut Tally,
+) -> Result<()> {
+    let SourceSide::File {
+        path,
+        columns,
+        kinds,
+        create,
+        stage: stage_name,
+        select,
+        user_ids,
+        ..
+    } = &plan.source_side
+    else {
+        unreachable!("from_file() is only called for export files")
+    };
+    stage.batch_execute(create).await?;
+    let stage_copy = format!(
+        "COPY {} ({}) FROM STDIN",
+        quote_ident(stage_name),
+        columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let reader = {
+        let (path, columns, kinds, user_ids) = (
+            path.clone(),
+            columns.clone(),
+            kinds.clone(),
+            user_ids.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(1 << 20);
+            let mut rows = 0usize;
+            let mut row: Vec<serde_json::Value> = Vec::with_capacity(columns.len());
+            crate::json_rows::read_rows(&path, &columns, |i, values| {
+                row.clear();
+                row.extend_from_slice(values);
+                for &c in &user_ids {
+                    if let serde_json::Value::String(old) = &row[c] {
+                        row[c] = match user_map.get(&old.to_ascii_lowercase()) {
+                            Some(new) => serde_json::Value::String(new.clone()),
+                            None => serde_json::Value::Null,
+                        };
+                    }
+                }
+                for (n, value) in row.iter().enumerate() {
+                    if n > 0 {
+                        batch.push(b'\t');
+                    }
+                    crate::copy_text::write_field(&mut batch, &kinds[n], value)
+                        .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
+                }
+                batch.push(b'\n');
+                rows += 1;
+                if rows == STAGE_BATCH_ROWS {
+                    rows = 0;
+                    if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        bail!("verify stopped");
+                    }
+                }
+                Ok(())
+            })?;
+            if rows > 0 {
+                let _ = sender.blocking_send(batch);
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    let mut failure = None;
+    while let Some(mut batch) = receiver.recv().await {
+        if let Err(e) = flush_stage(stage, &stage_copy, select, &truncate, &mut batch, tally).await
+        {
+            failure = Some(e);
+            break;
+        }
+    }
+    drop(receiver);
+    let read = reader.await.context("the file reader panicked")?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    read
+}
+
+/// Copies one COPY text line, user-id fields replaced by their Stack Auth id (`\N` when the
+/// mapping has none: what `--unmapped null` writes).
+fn rewrite_line(line: &[u8], user_ids: &[usize], map: &HashMap<String, String>, out: &mut Vec<u8>) {
+    if user_ids.is_empty() {
+        out.extend_from_slice(line);
+    } else {
+        for (i, field) in line.split(|&b| b == b'\t').enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            if field != b"\\N" && user_ids.contains(&i) {
+                let old = String::from_utf8_lossy(field).to_ascii_lowercase();
+                match map.get(&old) {
+                    Some(new) => out.extend_from_slice(new.as_bytes()),
+                    None => out.extend_from_slice(b"\\N"),
+                }
+            } else {
+                out.extend_from_slice(field);
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+async fn flush_stage(
+    stage: &Client,
+    stage_copy: &str,
+    select: &str,
+    truncate: &str,
+    batch: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Result<()> {
+    let sink = stage.copy_in(stage_copy).await?;
+    pin_mut!(sink);
+    sink.send(Bytes::from(std::mem::take(batch))).await?;
+    sink.finish()
+        .await
+        .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
+    copy_binary(stage, select, tally).await?;
+    stage.batch_execute(truncate).await?;
+    Ok(())
+}
+
+/// The rows of the differing buckets, compared key by key.
+fn compare_rows(
+    plan: &TablePlan,
+    source: &Tally,
+    target: &Tally,
+    max_diffs: usize,
+) -> (Vec<Difference>, bool) {
+    let mut keys: BTreeSet<&String> = source.rows.keys().collect();
+    keys.extend(target.rows.keys());
+    let mut out = Vec::new();
+    let mut truncated = false;
+    for key in keys {
+        let difference = match (source.rows.get(key), target.rows.get(key)) {
+            (Some((sc, sh, sv)), Some((tc, th, tv))) => {
+                if sh != th {
+                    let columns = plan
+                        .names
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| {
+                            canonical(&plan.kinds[i], &sv[i]) != canonical(&plan.kinds[i], &tv[i])
+                        })
+                        .map(|(i, name)| ColumnDiff {
+                            column: name.clone(),
+                            source: shown(name, &sv[i]),
+                            target: shown(name, &tv[i]),
+                        })
+                        .collect();
+                    Difference::Changed {
+                        key: describe_key(plan, sv),
+                        columns,
+                    }
+                } else if sc != tc {
+                    Difference::Duplicated {
+                        key: describe_key(plan, sv),
+                        source_count: *sc,
+                        target_count: *tc,
+                    }
+                } else {
+                    continue;
+                }
+            }
+            (Some((count, _, values)), None) => Difference::Missing {
+                key: describe_key(plan, values),
+                count: *count,
+            },
+            (None, Some((count, _, values))) => Difference::Extra {
+                key: describe_key(plan, values),
+                count: *count,
+            },
+            (None, None) => continue,
+        };
+        if out.len() == max_diffs {
+            truncated = true;
+            break;
+        }
+        out.push(difference);
+    }
+    (out, truncated)
+}
+
+fn canonical(kind: &ColumnKind, text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    checksum::canonical_value(kind, text.as_bytes(), &mut out);
+    out
+}
+
+/// `id=...` for a primary key; without one, the row itself (secrets masked).
+fn describe_key(plan: &TablePlan, values: &[String]) -> String {
+    if plan.pk.is_empty() {
+        let row: Vec<String> = plan
+            .names
+            .iter()
+            .zip(values)
+            .map(|(n, v)| format!("{n}={}", shown(n, v)))
+            .collect();
+        format!("row {{{}}}", row.join(", "))
+    } else {
+        plan.pk
+            .iter()
+            .map(|&i| format!("{}={}", plan.names[i], unquote(&values[i])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn unquote(text: &str) -> String {
+    serde_json::from_str::<String>(text).unwrap_or_else(|_| text.to_string())
+}
+
+/// Columns that hold personal data or secrets: their values are never printed.
+fn is_sensitive(column: &str) -> bool {
+    let c = column.to_ascii_lowercase();
+    [
+        "email", "e_mail", "mail", "password", "hash", "token", "secret", "phone", "api_key",
+        "apikey",
+    ]
+    .iter()
+    .any(|s| c.contains(s))
+}
+
+fn shown(column: &str, text: &str) -> String {
+    if is_sensitive(column) && text != "null" {
+        format!("<masked, {} chars>", text.len())
+    } else {
+        text.to_string()
+    }
+}
+
+/// User-id values unknown to the mapping, and foreign-key orphans, in the target.
+async fn referential_checks(
+    client: &Client,
+    plans: &[TablePlan],
+    target: &Discovered,
+    user_map: &HashMap<String, String>,
+    reports: &mut [TableReport],
+) -> Result<()> {
+    let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let user_columns: Vec<(&TablePlan, String)> = plans
+        .iter()
+        .flat_map(|p| {
+            p.map
+                .user_id_columns
+                .iter()
+                .filter_map(move |c| p.map.target_of(c).map(|t| (p, t.name.clone())))
+        })
+        .collect();
+    if !user_columns.is_empty() {
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE IF NOT EXISTS fmig_verify_user_ids (id text PRIMARY KEY); \
+                 TRUNCATE fmig_verify_user_ids",
+            )
+            .await?;
+        let ids: HashSet<String> = user_map.values().map(|v| v.to_ascii_lowercase()).collect();
+        let mut data = Vec::new();
+        for id in ids {
+            data.extend_from_slice(id.replace(['\\', '\t', '\n'], "").as_bytes());
+            data.push(b'\n');
+        }
+        let sink = client
+            .copy_in("COPY fmig_verify_user_ids FROM STDIN")
+            .await?;
+        pin_mut!(sink);
+        sink.send(Bytes::from(data)).await?;
+        sink.finish().await?;
+        for (plan, column) in user_columns {
+            let c = quote_ident(&column);
+            let sql = format!(
+                "SELECT count(*), (array_agg(DISTINCT t.{c}::text))[1:5] FROM {} t \
+                 WHERE t.{c} IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM fmig_verify_user_ids u WHERE u.id = lower(t.{c}::text))",
+                plan.target.quoted()
+            );
+            let row = client.query_one(sql.as_str(), &[]).await?;
+            let count: i64 = row.get(0);
+            if count > 0 {
+                let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+                problems.entry(plan.name.clone()).or_default().push(format!(
+                    "{}.{column}: {count} row(s) hold a user id that is not a Stack Auth id of the mapping, e.g. {}",
+                    plan.target.name,
+                    samples.join(", ")
+                ));
+            }
+        }
+    }
+    for (table, problem) in orphans(client, plans, target).await? {
+        problems.entry(table).or_default().push(problem);
+    }
+    for report in reports.iter_mut() {
+        if let Some(list) = problems.remove(&report.table) {
+            report.referential = list;
+            if report.status == Status::Ok {
+                report.status = Status::Differs;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every foreign key of the verified tables checked for orphans (the query of import's
+/// `--disable-fk` check; a foreign key can be violated when it was loaded with triggers off).
+async fn orphans(
+    client: &Client,
+    plans: &[TablePlan],
+    target: &Discovered,
+) -> Result<Vec<(String, String)>> {
+    let by_target: HashMap<&str, &str> = plans
+        .iter()
+        .map(|p| (p.target.name.as_str(), p.name.as_str()))
+        .collect();
+    let mut problems = Vec::new();
+    for fk in &target.foreign_keys {
+        let Some(table) = by_target.get(fk.table.as_str()) else {
+            continue;
+        };
+        let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
+        let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
+        let not_null: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+            .collect();
+        let join: Vec<String> = fk
+            .columns
+            .iter()
+            .zip(&fk.referenced_columns)
+            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+            .collect();
+        let keys: Vec<String> = fk
+            .columns
+            .iter()
+            .map(|c| format!("c.{}::text", quote_ident(c)))
+            .collect();
+        let sql = format!(
+            "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
+             WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+            keys.join(", "),
+            not_null.join(" AND "),
+            join.join(" AND ")
+        );
+        let row = client.query_one(sql.as_str(), &[]).await?;
+        let count: i64 = row.get(0);
+        if count > 0 {
+            let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+            problems.push((
+                table.to_string(),
+                format!(
+                    "foreign key {} ({}.{} -> {}): {count} orphan row(s), e.g. {}",
+                    fk.constraint,
+                    fk.table,
+                    fk.columns.join(","),
+                    fk.references,
+                    samples.join("; ")
+                ),
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+fn status_text(r: &TableReport) -> &'static str {
+    match r.status {
+        Status::Ok => "ok",
+        Status::Differs => "DIFFERS",
+        Status::Error => "ERROR",
+        Status::Skipped => "skipped",
+    }
+}
+
+fn yes_no(ok: Option<bool>) -> String {
+    match ok {
+        Some(true) => "yes".into(),
+        Some(false) => "NO".into(),
+        None => "-".into(),
+    }
+}
+
+fn rows_text(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".into(), |n| thousands(n as i64))
+}
+
+/// The console table, then each table's differences.
+fn render(report: &VerifyReport) -> String {
+    let mut table = TextTable::new(&[
+        ("table", Align::Left),
+        ("source rows", Align::Right),
+        ("target rows", Align::Right),
+        ("rows ok", Align::Left),
+        ("checksum ok", Align::Left),
+        ("status", Align::Left),
+        ("seconds", Align::Right),
+    ]);
+    for r in &report.tables {
+        table.row(vec![
+            r.table.clone(),
+            rows_text(r.source_rows),
+            rows_text(r.target_rows),
+            yes_no(r.source_rows.map(|_| r.rows_ok)),
+            yes_no(r.checksum_ok),
+            status_text(r).to_string(),
+            format!("{:.2}", r.seconds),
+        ]);
+    }
+    let mut out = table.render();
+    for r in report.tables.iter().filter(|r| r.status != Status::Ok) {
+        out.push_str(&format!("\n{} ({}):\n", r.table, status_text(r)));
+        for line in detail_lines(r) {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    let bad = report
+        .tables
+        .iter()
+        .filter(|r| r.status != Status::Ok)
+        .count();
+    out.push_str(&if bad == 0 {
+        format!(
+            "\n{} tables verified: target equals source. {:.1}s\n",
+            report.tables.len(),
+            report.seconds
+        )
+    } else {
+        format!(
+            "\n{bad} of {} tables differ or could not be verified. {:.1}s\n",
+            report.tables.len(),
+            report.seconds
+        )
+    });
+    out
+}
+
+fn detail_lines(r: &TableReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(e) = &r.error {
+        lines.push(format!("error: {e}"));
+    }
+    if !r.rows_ok && r.source_rows.is_some() {
+        lines.push(format!(
+            "row count: source {}, target {}",
+            rows_text(r.source_rows),
+            rows_text(r.target_rows)
+        ));
+    }
+    if r.checksum_ok == Some(false) {
+        lines.push(format!(
+            "checksum: source {}, target {} ({} of {BUCKETS} buckets differ)",
+            r.source_checksum.as_ref().map_or("-", |c| c.sum.as_str()),
+            r.target_checksum.as_ref().map_or("-", |c| c.sum.as_str()),
+            r.differing_buckets
+        ));
+        if !r.compared_after_conversion.is_empty() {
+            lines.push(format!(
+                "compared after conversion: {}",
+                r.compared_after_conversion.join(", ")
+            ));
+        }
+    }
+    for d in &r.differences {
+        lines.push(match d {
+            Difference::Missing { key, count } => {
+                format!("missing in target: {key}{}", times(*count))
+            }
+            Difference::Extra { key, count } => {
+                format!("extra in target: {key}{}", times(*count))
+            }
+            Difference::Changed { key, columns } => format!(
+                "changed: {key}: {}",
+                columns
+                    .iter()
+                    .map(|c| format!("{} source {} target {}", c.column, c.source, c.target))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Difference::Duplicated {
+                key,
+                source_count,
+                target_count,
+            } => format!(
+                "duplicated: {key}: {source_count} time(s) in source, {target_count} in target"
+            ),
+        });
+    }
+    if r.differences_truncated {
+        lines.push("more differences not listed (raise --max-diffs)".into());
+    }
+    lines.extend(r.referential.iter().cloned());
+    lines
+}
+
+fn times(count: u64) -> String {
+    if count > 1 {
+        format!(" ({count} times)")
+    } else {
+        String::new()
+    }
+}
+
+fn log_report(report: &VerifyReport) {
+    for r in &report.tables {
+        let source = r
+            .source_checksum
+            .as_ref()
+            .map(|c| c.sum.clone())
+            .unwrap_or_default();
+        let target = r
+            .target_checksum
+            .as_ref()
+            .map(|c| c.sum.clone())
+            .unwrap_or_default();
+        if r.status == Status::Ok {
+            info!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r), "verified");
+        } else {
+            error!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r), "verification failed");
+            for line in detail_lines(r) {
+                error!(target: "fmig::report", table = %r.table, "{line}");
+            }
+        }
+    }
+    info!(target: "fmig::report", tables = report.tables.len(), ok = report.ok, seconds = report.seconds, "verify summary");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_in_copy_text_are_rewritten_or_nulled() {
+        let mut map = HashMap::new();
+        map.insert("aa".to_string(), "new-a".to_string());
+        let mut out = Vec::new();
+        rewrite_line(b"1\tAA\tx", &[1], &map, &mut out);
+        rewrite_line(b"2\tbb\tx", &[1], &map, &mut out);
+        rewrite_line(b"3\t\\N\tx", &[1], &map, &mut out);
+        assert_eq!(out, b"1\tnew-a\tx\n2\t\\N\tx\n3\t\\N\tx\n");
+    }
+
+    fn plan(pk: Vec<usize>) -> TablePlan {
+        TablePlan {
+            name: "t".into(),
+            target: QualifiedName::new("public", "t"),
+            source: QualifiedName::new("public", "t"),
+            map: TableMap {
+                source_table: "t".into(),
+                target_table: "t".into(),
+                skip: false,
+                columns: Vec::new(),
+                unwritten: Vec::new(),
+                dropped: Vec::new(),
+                used_by_expressions: Vec::new(),
+                unmapped: Vec::new(),
+                user_id_columns: Vec::new(),
+            },
+            names: vec!["id".into(), "v".into(), "email".into()],
+            kinds: vec![ColumnKind::Int4, ColumnKind::Numeric, ColumnKind::Text],
+            casts: vec![Cast::None; 3],
+            target_copy: String::new(),
+            source_side: SourceSide::Direct {
+                copy: String::new(),
+                user_ids: Vec::new(),
+            },
+            pk,
+            converted: Vec::new(),
+        }
+    }
+
+    fn tally(plan: &TablePlan, rows: &[[&str; 3]]) -> Tally {
+        let mut t = Tally::new(plan, Some(Arc::new((0..BUCKETS).collect())));
+        for row in rows {
+            let fields: Vec<Option<Vec<u8>>> = row
+                .iter()
+                .zip(&plan.kinds)
+                .map(|(v, k)| match (v, k) {
+                    (&"NULL", _) => None,
+                    (v, ColumnKind::Int4) => Some(v.parse::<i32>().unwrap().to_be_bytes().to_vec()),
+                    (v, ColumnKind::Numeric) => Some(numeric_binary(v)),
+                    (v, _) => Some(v.as_bytes().to_vec()),
+                })
+                .collect();
+            let refs: Vec<Option<&[u8]>> = fields.iter().map(|f| f.as_deref()).collect();
+            t.add(&refs).unwrap();
+        }
+        t
+    }
+
+    /// Binary numeric for small non-negative values with up to 4 decimals (one base-10000
+    /// digit each side of the point), enough for these tests.
+    fn numeric_binary(text: &str) -> Vec<u8> {
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        let dscale = frac.len() as i16;
+        let frac_digit: i16 = format!("{frac:0<4}").parse().unwrap();
+        let int_digit: i16 = int.parse().unwrap();
+        let mut out = Vec::new();
+        for v in [2i16, 0, 0, dscale, int_digit, frac_digit] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn equal_values_in_other_formats_compare_equal_and_differences_are_named() {
+        let p = plan(vec![0]);
+        let source = tally(
+            &p,
+            &[
+                ["1", "4.20", "a@b.c"],
+                ["2", "1.5", "NULL"],
+                ["3", "2", "x"],
+            ],
+        );
+        let target = tally(
+            &p,
+            &[["1", "4.2", "a@b.c"], ["2", "1.5", ""], ["4", "2", "x"]],
+        );
+        let (diffs, truncated) = compare_rows(&p, &source, &target, 20);
+        assert!(!truncated);
+        let text = serde_json::to_string(&diffs).unwrap();
+        assert_eq!(diffs.len(), 3, "{text}");
+        assert!(text.contains(r#""kind":"changed","key":"id=2""#), "{text}");
+        assert!(
+            text.contains(r#""column":"email","source":"null","target":"<masked, 2 chars>""#),
+            "{text}"
+        );
+        assert!(text.contains(r#""kind":"missing","key":"id=3""#), "{text}");
+        assert!(text.contains(r#""kind":"extra","key":"id=4""#), "{text}");
+        let (diffs, truncated) = compare_rows(&p, &source, &target, 1);
+        assert!(truncated && diffs.len() == 1);
+    }
+
+    #[test]
+    fn without_a_primary_key_duplicates_are_counted() {
+        let p = plan(Vec::new());
+        let source = tally(&p, &[["1", "1", "x"], ["1", "1", "x"]]);
+        let target = tally(&p, &[["1", "1", "x"], ["1", "1", "x"], ["1", "1", "x"]]);
+        let (diffs, _) = compare_rows(&p, &source, &target, 20);
+        let text = serde_json::to_string(&diffs).unwrap();
+        assert!(
+            text.contains(r#""source_count":2,"target_count":3"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert!(is_sensitive("contact_email"));
+        assert!(is_sensitive("api_token"));
+        assert!(!is_sensitive("temperature"));
+        assert_eq!(shown("email", "\"a@b.c\""), "<masked, 7 chars>");
+        assert_eq!(shown("email", "null"), "null");
+    }
+}
