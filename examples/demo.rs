@@ -168,6 +168,8 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         // Users that could not be migrated (anonymous, deleted, ...) still own rows: keep their
         // old ids deliberately, as listed by the import.
         ("fmig import", &["import", "--unmapped", "keep"], &[0]),
+        // Exit 1 here is the kept ids of those users: verify names them as not Stack Auth ids.
+        ("fmig verify", &["verify", "--unmapped", "keep"], &[0, 1]),
     ];
     let mut failed = false;
     for (name, args, accepted) in steps {

@@ -621,6 +621,11 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, value_name = "WHAT", default_value_t = VerifyAgainst::Source)]
     pub against: VerifyAgainst,
 
+    /// How the import treated user ids without a mapping (`fmig import --unmapped`), so that
+    /// verify expects the same: NULL, or the old id kept. `fail` means none were left.
+    #[arg(long, value_enum, default_value_t = Unmapped::Null)]
+    pub unmapped: Unmapped,
+
     /// Tables verified at the same time (each uses three connections).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub jobs: u16,

@@ -50,7 +50,7 @@ use tracing::{error, info};
 use crate::Outcome;
 use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
-use crate::cli::{VerifyAgainst, VerifyArgs};
+use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs};
 use crate::codec::{self, Cast, ColumnKind, PgType};
 use crate::column_map::{ColumnMap, ColumnValue, TableMap, TargetColumn};
 use crate::commands::import;
@@ -208,7 +208,7 @@ struct Shared {
     source_url: Option<DbUrl>,
     target_url: DbUrl,
     options: ConnectOptions,
-    user_map: Arc<HashMap<String, String>>,
+    user_map: Arc<IdMap>,
     max_diffs: usize,
     skip_checksum: bool,
 }
@@ -274,7 +274,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
 
     let mapping_path = args.mapping_path();
     let needs_mapping = plans.iter().any(|p| !p.map.user_id_columns.is_empty());
-    let user_map: HashMap<String, String> = if needs_mapping {
+    let ids: HashMap<String, String> = if needs_mapping {
         UserMapping::load(&mapping_path)
             .with_context(|| {
                 format!(
@@ -290,7 +290,10 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         source_url,
         target_url,
         options,
-        user_map: Arc::new(user_map),
+        user_map: Arc::new(IdMap {
+            ids,
+            keep: args.unmapped == Unmapped::Keep,
+        }),
         max_diffs: args.max_diffs,
         skip_checksum: args.skip_checksum,
     });
@@ -677,7 +680,7 @@ struct Tally {
     collect_overflow: bool,
     /// User-id rewriting in Rust (Direct source side only).
     user_ids: Vec<usize>,
-    user_map: Option<Arc<HashMap<String, String>>>,
+    user_map: Option<Arc<IdMap>>,
     values: Vec<Vec<u8>>,
 }
 
@@ -724,8 +727,8 @@ impl Tally {
                     continue;
                 }
                 let old: String = serde_json::from_slice(text).unwrap_or_default();
-                let new = match map.get(&old.to_ascii_lowercase()) {
-                    Some(new) => serde_json::to_vec(new)?,
+                let new = match map.rewrite(&old) {
+                    Some(new) => serde_json::to_vec(&new)?,
                     None => b"null".to_vec(),
                 };
                 self.values[i] = new;
@@ -862,7 +865,7 @@ async fn staged(
     plan: &TablePlan,
     source: Client,
     stage: &Client,
-    user_map: Arc<HashMap<String, String>>,
+    user_map: Arc<IdMap>,
     tally: &mut Tally,
 ) -> Result<()> {
     let SourceSide::Staged {
@@ -989,7 +992,7 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
 async fn from_file(
     plan: &TablePlan,
     stage: &Client,
-    user_map: Arc<HashMap<String, String>>,
+    user_map: Arc<IdMap>,
     tally: &mut Tally,
 ) -> Result<()> {
     let SourceSide::File {
@@ -1033,8 +1036,8 @@ async fn from_file(
                 row.extend_from_slice(values);
                 for &c in &user_ids {
                     if let serde_json::Value::String(old) = &row[c] {
-                        row[c] = match user_map.get(&old.to_ascii_lowercase()) {
-                            Some(new) => serde_json::Value::String(new.clone()),
+                        row[c] = match user_map.rewrite(old) {
+                            Some(new) => serde_json::Value::String(new),
                             None => serde_json::Value::Null,
                         };
                     }
@@ -1078,9 +1081,27 @@ async fn from_file(
     read
 }
 
-/// Copies one COPY text line, user-id fields replaced by their Stack Auth id (`\N` when the
-/// mapping has none: what `--unmapped null` writes).
-fn rewrite_line(line: &[u8], user_ids: &[usize], map: &HashMap<String, String>, out: &mut Vec<u8>) {
+/// What import wrote for an old user id: its Stack Auth id; for an id the mapping lacks, NULL
+/// (`--unmapped null`) or the old id itself (`--unmapped keep`).
+#[derive(Debug, Default)]
+struct IdMap {
+    /// Old id (lower-cased) -> Stack Auth id.
+    ids: HashMap<String, String>,
+    keep: bool,
+}
+
+impl IdMap {
+    fn rewrite(&self, old: &str) -> Option<String> {
+        match self.ids.get(&old.to_ascii_lowercase()) {
+            Some(new) => Some(new.clone()),
+            None if self.keep => Some(old.to_string()),
+            None => None,
+        }
+    }
+}
+
+/// Copies one COPY text line, user-id fields rewritten as import rewrote them (see [`IdMap`]).
+fn rewrite_line(line: &[u8], user_ids: &[usize], map: &IdMap, out: &mut Vec<u8>) {
     if user_ids.is_empty() {
         out.extend_from_slice(line);
     } else {
@@ -1089,8 +1110,7 @@ fn rewrite_line(line: &[u8], user_ids: &[usize], map: &HashMap<String, String>, 
                 out.push(b'\t');
             }
             if field != b"\\N" && user_ids.contains(&i) {
-                let old = String::from_utf8_lossy(field).to_ascii_lowercase();
-                match map.get(&old) {
+                match map.rewrite(&String::from_utf8_lossy(field)) {
                     Some(new) => out.extend_from_slice(new.as_bytes()),
                     None => out.extend_from_slice(b"\\N"),
                 }
@@ -1235,7 +1255,7 @@ async fn referential_checks(
     client: &Client,
     plans: &[TablePlan],
     target: &Discovered,
-    user_map: &HashMap<String, String>,
+    user_map: &IdMap,
     reports: &mut [TableReport],
 ) -> Result<()> {
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -1255,7 +1275,11 @@ async fn referential_checks(
                  TRUNCATE fmig_verify_user_ids",
             )
             .await?;
-        let ids: HashSet<String> = user_map.values().map(|v| v.to_ascii_lowercase()).collect();
+        let ids: HashSet<String> = user_map
+            .ids
+            .values()
+            .map(|v| v.to_ascii_lowercase())
+            .collect();
         let mut data = Vec::new();
         for id in ids {
             data.extend_from_slice(id.replace(['\\', '\t', '\n'], "").as_bytes());
@@ -1529,13 +1553,18 @@ mod tests {
 
     #[test]
     fn user_ids_in_copy_text_are_rewritten_or_nulled() {
-        let mut map = HashMap::new();
-        map.insert("aa".to_string(), "new-a".to_string());
+        let mut map = IdMap::default();
+        map.ids.insert("aa".to_string(), "new-a".to_string());
         let mut out = Vec::new();
         rewrite_line(b"1\tAA\tx", &[1], &map, &mut out);
         rewrite_line(b"2\tbb\tx", &[1], &map, &mut out);
         rewrite_line(b"3\t\\N\tx", &[1], &map, &mut out);
         assert_eq!(out, b"1\tnew-a\tx\n2\t\\N\tx\n3\t\\N\tx\n");
+        // --unmapped keep: the old id stays, as import kept it.
+        map.keep = true;
+        out.clear();
+        rewrite_line(b"2\tbb\tx", &[1], &map, &mut out);
+        assert_eq!(out, b"2\tbb\tx\n");
     }
 
     fn plan(pk: Vec<usize>) -> TablePlan {
