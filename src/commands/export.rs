@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
@@ -472,34 +472,38 @@ async fn export_one(
         let bar = bar.clone();
         tokio::task::spawn_blocking(move || write_file(receiver, &shape, &dir, gzip, &bar))
     };
-    // The server sends one CopyData message per row (~100-300 bytes), so the messages are
-    // gathered into batches of about BATCH bytes: handing each row to the writer thread on
-    // its own costs a cross-thread wake-up per row, which was most of the export's time.
-    // A batch also goes out as soon as the stream has nothing more ready, so a slow source
-    // never holds rows back.
+    // The server sends one CopyData message per row (~100-300 bytes). Handing each to the
+    // writer thread on its own cost a cross-thread wake-up per row, most of the export's time,
+    // so messages are gathered into batches of about BATCH bytes. While the stream has data
+    // ready the batch just grows; when it has none, a partial batch waits at most FLUSH_AFTER
+    // for more, so a slow source never holds rows back for long.
     const BATCH: usize = 64 * 1024;
-    let mut batch: Vec<u8> = Vec::with_capacity(BATCH + 8 * 1024);
+    const FLUSH_AFTER: Duration = Duration::from_millis(10);
+    let new_batch = || Vec::<u8>::with_capacity(BATCH + 8 * 1024);
+    let mut batch = new_batch();
     let mut stream_error = None;
     let mut writer_gone = false;
     loop {
         let next = match stream.next().now_or_never() {
             Some(next) => next,
-            None => {
-                if !batch.is_empty() {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 8 * 1024));
+            None if batch.is_empty() => stream.next().await,
+            None => match tokio::time::timeout(FLUSH_AFTER, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let full = std::mem::replace(&mut batch, new_batch());
                     if sender.send(Chunk::Data(Bytes::from(full))).await.is_err() {
                         writer_gone = true; // its error is reported below
                         break;
                     }
+                    continue;
                 }
-                stream.next().await
-            }
+            },
         };
         match next {
             Some(Ok(bytes)) => {
                 batch.extend_from_slice(&bytes);
                 if batch.len() >= BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH + 8 * 1024));
+                    let full = std::mem::replace(&mut batch, new_batch());
                     if sender.send(Chunk::Data(Bytes::from(full))).await.is_err() {
                         writer_gone = true;
                         break;
@@ -611,8 +615,7 @@ fn write_file(
                 spans.push((start, line.len()));
             }
             line.push(b'}');
-            let values: Vec<&[u8]> = spans.iter().map(|&(s, e)| &line[s..e]).collect();
-            checksum.add_row(&hasher.hash_row(&values));
+            checksum.add_row(&hasher.hash_spans(&line, &spans));
             file.write_all(&line)
                 .with_context(|| format!("could not write {}", path.display()))?;
             if checksum.rows % 4096 == 0 {
