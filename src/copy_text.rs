@@ -12,15 +12,44 @@ use crate::codec::ColumnKind;
 
 /// Appends one field (no delimiter) for `value` of a column of `kind`.
 pub fn write_field(out: &mut Vec<u8>, kind: &ColumnKind, value: &Value) -> Result<()> {
-    match value {
-        Value::Null => out.extend_from_slice(b"\\N"),
-        _ => {
+    // The common scalar cases go straight into `out` (this runs for every value of every
+    // row); the same text as `literal` makes, without building it in a String first.
+    match (kind, value) {
+        (_, Value::Null) => out.extend_from_slice(b"\\N"),
+        (ColumnKind::Json | ColumnKind::Jsonb | ColumnKind::Array(_), _) => {
             let mut text = String::new();
             literal(&mut text, kind, value, false)?;
             escape_copy(out, &text);
         }
+        (ColumnKind::Bytea, Value::String(b64)) => {
+            let bytes =
+                decode_base64(b64).ok_or_else(|| anyhow!("bytea value is not base64: {b64:?}"))?;
+            // `\x` and hex digits: the bytea input `\x...` with COPY's backslash escaped.
+            out.reserve(3 + bytes.len() * 2);
+            out.extend_from_slice(b"\\\\x");
+            push_hex(out, &bytes);
+        }
+        (_, Value::String(s)) => escape_copy(out, s),
+        (_, Value::Bool(b)) => out.push(if *b { b't' } else { b'f' }),
+        // A number's text (exactly as in the file) has nothing COPY would escape.
+        (_, Value::Number(n)) => {
+            use std::io::Write;
+            write!(out, "{n}").expect("writing to a Vec cannot fail");
+        }
+        (_, other @ (Value::Array(_) | Value::Object(_))) => {
+            bail!("a {} column cannot hold {other}", kind.name())
+        }
     }
     Ok(())
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0x0f)]);
+    }
 }
 
 /// The value as PostgreSQL input text (before COPY escaping). Inside an array literal, elements
@@ -49,12 +78,14 @@ fn literal(out: &mut String, kind: &ColumnKind, value: &Value, in_array: bool) -
         (ColumnKind::Bytea, Value::String(b64)) => {
             let bytes =
                 decode_base64(b64).ok_or_else(|| anyhow!("bytea value is not base64: {b64:?}"))?;
-            let mut hex = String::with_capacity(2 + bytes.len() * 2);
-            hex.push_str("\\x");
-            for b in bytes {
-                hex.push_str(&format!("{b:02x}"));
-            }
-            quoted(out, &hex, in_array);
+            let mut hex = Vec::with_capacity(2 + bytes.len() * 2);
+            hex.extend_from_slice(b"\\x");
+            push_hex(&mut hex, &bytes);
+            quoted(
+                out,
+                std::str::from_utf8(&hex).expect("hex digits are ASCII"),
+                in_array,
+            );
         }
         (_, Value::String(s)) => quoted(out, s, in_array),
         (_, Value::Bool(b)) => out.push_str(if *b { "t" } else { "f" }),

@@ -5,12 +5,18 @@
 //! is never held in memory. The same pass computes the SHA-256 and size of the bytes on disk
 //! (compressed bytes for `.gz`), so a file can be checked against `metadata.json` and used in
 //! one read. Errors name the file and the line and column of the problem.
+//!
+//! The layout `fmig export` writes (`[`, one row object per line, `]`) is read line by line,
+//! each row parsed from a slice; any other layout, and any problem, is read again from the start
+//! by the general streaming parser, which accepts any JSON layout and words the errors.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
 
 use anyhow::{Context, Result, anyhow};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -33,26 +39,97 @@ pub struct FileRead {
 pub fn read_rows(
     path: &Path,
     columns: &[String],
+    on_row: impl FnMut(u64, &[Value]) -> Result<()>,
+) -> Result<FileRead> {
+    read_rows_with(path, columns, None, on_row)
+}
+
+/// [`read_rows`], but only the columns marked in `keep` (indices as in `columns`) are built
+/// as values; the others are checked as JSON and skipped, and handed to `on_row` as
+/// `Value::Null`. Every row must still have every column, once. For a pass that only needs a
+/// few columns (or none: hash, row count and syntax), this saves building every value.
+pub fn read_rows_keeping(
+    path: &Path,
+    columns: &[String],
+    keep: &[bool],
+    on_row: impl FnMut(u64, &[Value]) -> Result<()>,
+) -> Result<FileRead> {
+    assert_eq!(keep.len(), columns.len(), "one keep flag per column");
+    read_rows_with(path, columns, Some(keep), on_row)
+}
+
+fn read_rows_with(
+    path: &Path,
+    columns: &[String],
+    keep: Option<&[bool]>,
     mut on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
-    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
-    let mut hashing = HashingReader {
-        inner: file,
-        bytes: 0,
-        digest: Sha256::new(),
+    let index: HashMap<&str, usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let shape = Shape {
+        columns,
+        keep,
+        index: &index,
     };
     let gz = path.extension().is_some_and(|e| e == "gz");
-    let rows = {
-        let reader: Box<dyn Read + '_> = if gz {
-            Box::new(BufReader::with_capacity(
-                256 * 1024,
-                flate2::read::GzDecoder::new(&mut hashing),
-            ))
-        } else {
-            Box::new(BufReader::with_capacity(256 * 1024, &mut hashing))
+
+    // First as fmig export lays the file out: `[`, one row object per line, `]`. Each line is
+    // parsed from a slice, several times faster than serde_json's byte-at-a-time reader. Any
+    // other layout, and any problem, sends the file to the general parser below, which reads
+    // it again from the start, accepts any JSON layout and names the line and column of a
+    // problem; rows the first pass already handed over are not handed over again.
+    let mut hashing = open(path)?;
+    let mut delivered = 0u64;
+    let lines = {
+        let mut counted = |i: u64, values: &[Value]| {
+            on_row(i, values)?;
+            delivered += 1;
+            Ok(())
         };
-        parse(reader, path, columns, &mut on_row)?
+        if gz {
+            let reader =
+                BufReader::with_capacity(256 * 1024, flate2::read::GzDecoder::new(&mut hashing));
+            parse_lines(reader, &shape, MAX_LINE, &mut counted)?
+        } else {
+            let reader = BufReader::with_capacity(256 * 1024, &mut hashing);
+            parse_lines(reader, &shape, MAX_LINE, &mut counted)?
+        }
     };
+    if let Some(rows) = lines {
+        return finish(path, hashing, rows);
+    }
+
+    let mut hashing = open(path)?;
+    let mut remaining = |i: u64, values: &[Value]| {
+        if i < delivered {
+            Ok(())
+        } else {
+            on_row(i, values)
+        }
+    };
+    // A concrete reader type, not `Box<dyn Read>`: serde_json reads one byte at a time, and
+    // only a `BufReader` it can see takes each byte from the buffer inline (through a boxed
+    // reader every byte was a virtual `read` call, most of the parse time).
+    let rows = if gz {
+        let reader =
+            BufReader::with_capacity(256 * 1024, flate2::read::GzDecoder::new(&mut hashing));
+        parse(reader, path, &shape, &mut remaining)?
+    } else {
+        let reader = BufReader::with_capacity(256 * 1024, &mut hashing);
+        parse(reader, path, &shape, &mut remaining)?
+    };
+    finish(path, hashing, rows)
+}
+
+fn open(path: &Path) -> Result<HashingReader<File>> {
+    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    HashingReader::new(file).context("could not start the hashing thread")
+}
+
+fn finish(path: &Path, mut hashing: HashingReader<File>, rows: u64) -> Result<FileRead> {
     // Read to the end: the hash must cover the whole file even if, say, gzip trailing bytes
     // were not consumed by the decoder.
     io::copy(&mut hashing, &mut io::sink())
@@ -60,26 +137,100 @@ pub fn read_rows(
     Ok(FileRead {
         rows,
         bytes: hashing.bytes,
-        sha256: hex(&hashing.digest.finalize()),
+        sha256: hashing.sha256(),
     })
+}
+
+/// The columns a row must have, and which of them to build.
+struct Shape<'a> {
+    columns: &'a [String],
+    keep: Option<&'a [bool]>,
+    index: &'a HashMap<&'a str, usize>,
+}
+
+/// The longest line the fast path holds in memory; a longer one (a huge row, or a whole
+/// array on one line) is left to the streaming parser.
+const MAX_LINE: u64 = 8 << 20;
+
+/// The fast path: `[`, then one row object per line with a comma after every row but the
+/// last, then `]` at the end of the file. `Ok(Some(rows))` when the whole file is exactly
+/// that; `Ok(None)` as soon as anything is not (another layout, a damaged file, a read
+/// error, a line longer than `max_line` bytes), leaving it to [`parse`]. `Err` only from
+/// `on_row`.
+fn parse_lines(
+    mut reader: impl BufRead,
+    shape: &Shape,
+    max_line: u64,
+    on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
+) -> Result<Option<u64>> {
+    let mut line = Vec::with_capacity(64 * 1024);
+    // The line without its newline; None at the end of the file, on a read error, or when
+    // the line is too long.
+    let mut next = |line: &mut Vec<u8>| -> Option<usize> {
+        line.clear();
+        match (&mut reader).take(max_line).read_until(b'\n', line) {
+            Ok(0) | Err(_) => None,
+            Ok(n) if line.last() == Some(&b'\n') => Some(n - 1),
+            // The last line, without a newline.
+            Ok(n) if (n as u64) < max_line => Some(n),
+            Ok(_) => None,
+        }
+    };
+    if next(&mut line).is_none_or(|n| line[..n] != *b"[") {
+        return Ok(None);
+    }
+    let mut row: Vec<Option<Value>> = vec![None; shape.columns.len()];
+    let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
+    let mut rows = 0u64;
+    let mut comma = false;
+    loop {
+        let Some(n) = next(&mut line) else {
+            return Ok(None);
+        };
+        let text = &line[..n];
+        if text == b"]" {
+            // No comma after the last row, and nothing after the array.
+            if comma || next(&mut line).is_some() {
+                return Ok(None);
+            }
+            return Ok(Some(rows));
+        }
+        if rows > 0 && !comma {
+            return Ok(None);
+        }
+        let (object, ends_with_comma) = match text.split_last() {
+            Some((b',', object)) => (object, true),
+            _ => (text, false),
+        };
+        let mut de = serde_json::Deserializer::from_slice(object);
+        let parsed = RowSeed {
+            shape,
+            row: &mut row,
+            number: rows + 1,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            return Ok(None);
+        }
+        values.clear();
+        values.extend(row.iter_mut().map(|v| v.take().unwrap_or(Value::Null)));
+        on_row(rows, &values)?;
+        rows += 1;
+        comma = ends_with_comma;
+    }
 }
 
 fn parse(
     reader: impl Read,
     path: &Path,
-    columns: &[String],
+    shape: &Shape,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<u64> {
-    let index: HashMap<&str, usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
     let mut callback_error: Option<anyhow::Error> = None;
     let mut de = serde_json::Deserializer::from_reader(reader);
     let visitor = ArrayVisitor {
-        columns,
-        index: &index,
+        shape,
         on_row,
         callback_error: &mut callback_error,
     };
@@ -109,8 +260,7 @@ fn describe(path: &Path, err: &serde_json::Error) -> anyhow::Error {
 }
 
 struct ArrayVisitor<'a, 'f> {
-    columns: &'a [String],
-    index: &'a HashMap<&'a str, usize>,
+    shape: &'a Shape<'a>,
     on_row: &'f mut dyn FnMut(u64, &[Value]) -> Result<()>,
     callback_error: &'f mut Option<anyhow::Error>,
 }
@@ -123,13 +273,12 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
-        let mut row: Vec<Option<Value>> = vec![None; self.columns.len()];
-        let mut values: Vec<Value> = Vec::with_capacity(self.columns.len());
+        let mut row: Vec<Option<Value>> = vec![None; self.shape.columns.len()];
+        let mut values: Vec<Value> = Vec::with_capacity(self.shape.columns.len());
         let mut rows = 0u64;
         while seq
             .next_element_seed(RowSeed {
-                columns: self.columns,
-                index: self.index,
+                shape: self.shape,
                 row: &mut row,
                 number: rows + 1,
             })?
@@ -148,8 +297,7 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
 }
 
 struct RowSeed<'a> {
-    columns: &'a [String],
-    index: &'a HashMap<&'a str, usize>,
+    shape: &'a Shape<'a>,
     row: &'a mut Vec<Option<Value>>,
     number: u64,
 }
@@ -169,22 +317,31 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let columns = self.shape.columns;
+        let mut position = 0;
         while let Some(i) = map.next_key_seed(KeySeed {
-            index: self.index,
+            shape: self.shape,
+            position,
             number: self.number,
         })? {
+            position += 1;
             if self.row[i].is_some() {
                 return Err(de::Error::custom(format_args!(
                     "row {} has column {:?} twice",
-                    self.number, self.columns[i]
+                    self.number, columns[i]
                 )));
             }
-            self.row[i] = Some(map.next_value()?);
+            self.row[i] = Some(if self.shape.keep.is_none_or(|keep| keep[i]) {
+                map.next_value()?
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+                Value::Null
+            });
         }
         if let Some(missing) = self.row.iter().position(Option::is_none) {
             return Err(de::Error::custom(format_args!(
                 "row {} has no column {:?}",
-                self.number, self.columns[missing]
+                self.number, columns[missing]
             )));
         }
         Ok(())
@@ -192,7 +349,9 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 }
 
 struct KeySeed<'a> {
-    index: &'a HashMap<&'a str, usize>,
+    shape: &'a Shape<'a>,
+    /// How many keys of the row came before this one.
+    position: usize,
     number: u64,
 }
 
@@ -211,7 +370,16 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
-        self.index.get(key).copied().ok_or_else(|| {
+        // Export files list the keys in column order: one comparison instead of a lookup.
+        if self
+            .shape
+            .columns
+            .get(self.position)
+            .is_some_and(|c| c == key)
+        {
+            return Ok(self.position);
+        }
+        self.shape.index.get(key).copied().ok_or_else(|| {
             E::custom(format_args!(
                 "row {} has a column {key:?} that metadata.json does not list",
                 self.number
@@ -220,17 +388,60 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 }
 
+/// Counts the bytes read through it and hashes them. The SHA-256 runs on a thread of its own,
+/// fed the chunks in order, so it is off the parser's critical path (it was a quarter of the
+/// check before an import).
 struct HashingReader<R> {
     inner: R,
     bytes: u64,
-    digest: Sha256,
+    chunks: Option<mpsc::SyncSender<Vec<u8>>>,
+    hasher: Option<thread::JoinHandle<Sha256>>,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> io::Result<HashingReader<R>> {
+        // A few chunks in flight (BufReader reads up to 256 KiB at a time): memory stays small.
+        let (chunks, received) = mpsc::sync_channel::<Vec<u8>>(4);
+        let hasher = thread::Builder::new()
+            .name("fmig-sha256".into())
+            .spawn(move || {
+                let mut digest = Sha256::new();
+                for chunk in received {
+                    digest.update(&chunk);
+                }
+                digest
+            })?;
+        Ok(HashingReader {
+            inner,
+            bytes: 0,
+            chunks: Some(chunks),
+            hasher: Some(hasher),
+        })
+    }
+
+    /// The hex SHA-256 of everything read.
+    fn sha256(mut self) -> String {
+        drop(self.chunks.take());
+        let digest = self
+            .hasher
+            .take()
+            .expect("hashed once")
+            .join()
+            .expect("the hashing thread does not panic");
+        hex(&digest.finalize())
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.digest.update(&buf[..n]);
-        self.bytes += n as u64;
+        if n > 0 {
+            self.bytes += n as u64;
+            let chunks = self.chunks.as_ref().expect("not hashed yet");
+            chunks
+                .send(buf[..n].to_vec())
+                .map_err(|_| io::Error::other("the hashing thread stopped"))?;
+        }
         Ok(n)
     }
 }
@@ -303,5 +514,142 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "server said no");
         assert_eq!(seen, 1);
+    }
+
+    /// Every call of `on_row` (index and values), for `text` written as `t.json` or
+    /// `t.json.gz`, read with `keep` when given.
+    fn calls(text: &str, gz: bool, keep: Option<&[bool]>) -> Result<Vec<(u64, Vec<String>)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(if gz { "t.json.gz" } else { "t.json" });
+        if gz {
+            use std::io::Write;
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(text.as_bytes()).unwrap();
+            std::fs::write(&path, encoder.finish().unwrap()).unwrap();
+        } else {
+            std::fs::write(&path, text).unwrap();
+        }
+        let columns = vec!["a".to_string(), "b".to_string()];
+        let mut seen = Vec::new();
+        let on_row = |i: u64, values: &[Value]| {
+            seen.push((i, values.iter().map(|v| v.to_string()).collect()));
+            Ok(())
+        };
+        let read = match keep {
+            Some(keep) => read_rows_keeping(&path, &columns, keep, on_row),
+            None => read_rows(&path, &columns, on_row),
+        }
+        .map_err(|e| anyhow!("{e:#}"))?;
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(read.bytes, bytes.len() as u64);
+        assert_eq!(read.sha256, hex(&Sha256::digest(&bytes)));
+        assert_eq!(read.rows, seen.len() as u64);
+        Ok(seen)
+    }
+
+    fn strings(rows: &[(u64, [&str; 2])]) -> Vec<(u64, Vec<String>)> {
+        rows.iter()
+            .map(|(i, r)| (*i, r.iter().map(|v| v.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn the_export_layout_takes_the_line_by_line_path() {
+        let columns = vec!["a".to_string(), "b".to_string()];
+        let index: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
+        let shape = Shape {
+            columns: &columns,
+            keep: None,
+            index: &index,
+        };
+        let lines = |text: &str| {
+            let mut rows = 0;
+            let found = parse_lines(text.as_bytes(), &shape, 64, &mut |_, _| {
+                rows += 1;
+                Ok(())
+            })
+            .unwrap();
+            (found, rows)
+        };
+        let export = "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null},\n{\"b\":[1],\"a\":3}\n]\n";
+        assert_eq!(lines(export), (Some(3), 3));
+        assert_eq!(lines("[\n]\n"), (Some(0), 0));
+        assert_eq!(lines("[\n{\"a\":1,\"b\":2}\n]"), (Some(1), 1));
+        // Anything else is left to the general parser, at the first line that differs.
+        for (text, rows_before) in [
+            ("[{\"a\":1,\"b\":2}]", 0),
+            ("[\n{\"a\":1,\"b\":2}\n,{\"a\":1,\"b\":2}\n]\n", 1),
+            ("[\n{\"a\":1,\"b\":2},\n]\n", 1),
+            ("[\n{\"a\":1,\"b\":2}\n{\"a\":1,\"b\":2}\n]\n", 1),
+            ("[\n{\"a\":1,\"b\":2}, {\"a\":1,\"b\":2}\n]\n", 0),
+            ("[\n{\"a\":1,\"b\":2}\n]\n\n", 1),
+            ("[\n{\"a\":1,\"b\":2}\n", 1),
+            ("[\n{\"a\":1,\"b\":2,\"c\":3}\n]\n", 0),
+            ("[\r\n{\"a\":1,\"b\":2}\r\n]\r\n", 0),
+            (" [\n]\n", 0),
+            // A line longer than the limit (64 bytes here) is not held in memory.
+            (
+                "[\n{\"a\":1,\"b\":2},\n{\"a\":1,\"b\":\"01234567890123456789012345678901234567890123456789012345678901234567890123456789\"}\n]\n",
+                1,
+            ),
+        ] {
+            assert_eq!(lines(text), (None, rows_before), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn every_layout_gives_the_same_rows_each_once() {
+        let expected = strings(&[(0, ["1", "\"x\""]), (1, ["2", "null"]), (2, ["3", "[1]"])]);
+        for text in [
+            // The export's layout (the line-by-line path).
+            "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null},\n{\"b\":[1],\"a\":3}\n]\n",
+            // Other layouts, also switching after some rows were handed over already.
+            "[{\"a\":1,\"b\":\"x\"},{\"a\":2,\"b\":null},{\"b\":[1],\"a\":3}]",
+            "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null}, {\"b\":[1],\"a\":3}\n]\n",
+            "[\n{\"a\":1,\"b\":\"x\"}\n,{\"a\":2,\"b\":null}\n,{\"b\":[1],\"a\":3}\n]\n",
+            "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null},\n{\"b\":[1],\n\"a\":3}\n]\n",
+            "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null},\n{\"b\":[1],\"a\":3}\n]\n\n  \n",
+        ] {
+            for gz in [false, true] {
+                assert_eq!(calls(text, gz, None).unwrap(), expected, "{text:?} gz={gz}");
+            }
+        }
+        // Columns not kept are checked, not built.
+        let text = "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\"b\":null}\n]\n";
+        assert_eq!(
+            calls(text, false, Some(&[false, true])).unwrap(),
+            strings(&[(0, ["null", "\"x\""]), (1, ["null", "null"])])
+        );
+        let err = calls(
+            "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":tru,\"b\":null}\n]\n",
+            false,
+            Some(&[false, true]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 3 column"), "{err}");
+    }
+
+    #[test]
+    fn a_problem_after_some_rows_is_named_and_no_row_is_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        // Rows 1 and 2 in the export's layout, then a damaged row on line 4.
+        std::fs::write(
+            &path,
+            "[\n{\"a\":1,\"b\":2},\n{\"a\":3,\"b\":4},\n{\"a\":5 \"b\":6}\n]\n",
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        let err = read_rows(&path, &["a".into(), "b".into()], |i, _| {
+            seen.push(i);
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("t.json, line 4 column"), "{err}");
+        assert!(err.contains("not valid JSON"), "{err}");
+        assert_eq!(seen, [0, 1]);
     }
 }

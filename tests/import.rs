@@ -160,7 +160,8 @@ fn a_full_import_maps_users_and_columns_and_advances_sequences() {
 #[test]
 fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
     let s = setup(&SeedConfig {
-        sensor_readings: 30_000,
+        // Enough rows that the import is still running at several of the kill moments below.
+        sensor_readings: 150_000,
         ..SeedConfig::default()
     });
     // The reference: one uninterrupted import into another database.

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use futures::{SinkExt, pin_mut};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use crate::Outcome;
@@ -481,7 +481,15 @@ fn check_files(
     for plan in plans {
         let path = dir.join(&plan.entry.file);
         let bar = progress::bar(plan.entry.rows, &format!("checking {}", plan.spec.name));
-        let read = json_rows::read_rows(&path, &plan.columns, |i, values| {
+        // Only the user-id values are looked at here: the other columns are checked as JSON
+        // and skipped, not built (the load reads them again).
+        let mut keep = vec![false; plan.columns.len()];
+        if user_map.is_some() {
+            for &(c, _) in &plan.user_ids {
+                keep[c] = true;
+            }
+        }
+        let read = json_rows::read_rows_keeping(&path, &plan.columns, &keep, |i, values| {
             if let Some(map) = user_map {
                 for &(c, _) in &plan.user_ids {
                     if let Value::String(id) = &values[c]
@@ -689,28 +697,35 @@ async fn load_table(
         let kinds = plan.kinds.clone();
         let fields = plan.copy_fields.clone();
         let user_ids = plan.user_ids.clone();
-        let user_map = user_map.cloned();
+        // New ids as ready-made values, so a rewritten row borrows them instead of copying.
+        let user_map: Option<HashMap<String, Value>> = user_map.map(|map| {
+            map.iter()
+                .map(|(old, new)| (old.clone(), Value::String(new.clone())))
+                .collect()
+        });
         let batch_size = u64::from(args.batch_size);
         let unmapped = args.unmapped;
         tokio::task::spawn_blocking(move || {
+            static NULL: Value = Value::Null;
             let mut batch = Batch {
                 first_row: from,
                 rows: 0,
                 data: Vec::with_capacity(64 * 1024),
             };
-            let mut row: Vec<Value> = Vec::with_capacity(columns.len());
+            // Per column of the file: the value written instead of the file's (a user id
+            // rewritten, or NULL for an unmapped one); None writes the file's value.
+            let mut rewritten: Vec<Option<&Value>> = vec![None; columns.len()];
             json_rows::read_rows(&path, &columns, |i, values| {
                 if i < from {
                     return Ok(());
                 }
-                row.clear();
-                row.extend_from_slice(values);
                 if let Some(map) = &user_map {
                     for &(c, _) in &user_ids {
-                        if let Value::String(old) = &row[c] {
+                        rewritten[c] = None;
+                        if let Value::String(old) = &values[c] {
                             match map.get(&old.to_ascii_lowercase()) {
-                                Some(new) => row[c] = Value::String(new.clone()),
-                                None if unmapped == Unmapped::Null => row[c] = Value::Null,
+                                Some(new) => rewritten[c] = Some(new),
+                                None if unmapped == Unmapped::Null => rewritten[c] = Some(&NULL),
                                 None if unmapped == Unmapped::Keep => {}
                                 None => bail!("row {}: user id {old} has no mapping", i + 1),
                             }
@@ -721,7 +736,8 @@ async fn load_table(
                     if n > 0 {
                         batch.data.push(b'\t');
                     }
-                    copy_text::write_field(&mut batch.data, &kinds[f], &row[f])
+                    let value = rewritten[f].unwrap_or(&values[f]);
+                    copy_text::write_field(&mut batch.data, &kinds[f], value)
                         .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
                 }
                 batch.data.push(b'\n');
@@ -748,9 +764,26 @@ async fn load_table(
 
     let mut committed = from;
     let mut failure = None;
-    while let Some(batch) = receiver.recv().await {
+    // The batches' statements are parsed once for the whole table, and the first batch's
+    // transaction is opened (each commit opens the next one: see write_batch).
+    let opened = async {
+        let statements = prepare_batch_statements(client, plan).await?;
+        client.batch_execute("BEGIN").await?;
+        anyhow::Ok(statements)
+    }
+    .await;
+    let statements = match opened {
+        Ok(statements) => Some(statements),
+        Err(e) => {
+            failure = Some(e);
+            None
+        }
+    };
+    while let Some(statements) = &statements
+        && let Some(batch) = receiver.recv().await
+    {
         let (first_row, rows) = (batch.first_row, batch.rows);
-        if let Err(e) = write_batch(client, plan, batch).await {
+        if let Err(e) = write_batch(client, plan, statements, batch).await {
             failure = Some(e);
             break;
         }
@@ -758,6 +791,13 @@ async fn load_table(
         bar.set_position(committed);
     }
     drop(receiver);
+    // Ends the transaction the last commit opened, empty; after a failure, the failed batch's.
+    if statements.is_some()
+        && let Err(e) = client.batch_execute("ROLLBACK").await
+        && failure.is_none()
+    {
+        failure = Some(anyhow!(e).context("could not end the last batch's transaction"));
+    }
     let read = reader.await.context("the file reader panicked")?;
     bar.finish_and_clear();
     if let Some(e) = failure {
@@ -783,10 +823,42 @@ async fn load_table(
     })
 }
 
-/// One transaction: the rows, then the checkpoint that says they are in.
-async fn write_batch(client: &mut Client, plan: &TablePlan, batch: Batch) -> Result<()> {
-    let tx = client.transaction().await?;
-    let sink = tx.copy_in(plan.copy_sql.as_str()).await?;
+/// The statements every batch of a table runs, parsed once for the table, not per batch.
+struct BatchStatements {
+    copy: Statement,
+    /// For staged tables: the INSERT ... SELECT from the staging table.
+    insert: Option<Statement>,
+}
+
+async fn prepare_batch_statements(client: &Client, plan: &TablePlan) -> Result<BatchStatements> {
+    let copy = client
+        .prepare(&plan.copy_sql)
+        .await
+        .with_context(|| format!("{}: could not prepare the COPY", plan.spec.name))?;
+    let insert = match &plan.staging {
+        Some((_, insert)) => Some(client.prepare(insert).await.with_context(|| {
+            format!(
+                "{}: could not prepare the INSERT from the staging table",
+                plan.spec.name
+            )
+        })?),
+        None => None,
+    };
+    Ok(BatchStatements { copy, insert })
+}
+
+/// One transaction: the rows, then the checkpoint that says they are in. The caller has
+/// opened it; the checkpoint, the COMMIT and the next batch's BEGIN go to the server as one
+/// message (run in order, up to the first error), so a batch costs three round trips - COPY
+/// start, COPY end, commit - instead of five. On an error the transaction is left open, failed,
+/// for the caller to roll back.
+async fn write_batch(
+    client: &Client,
+    plan: &TablePlan,
+    statements: &BatchStatements,
+    batch: Batch,
+) -> Result<()> {
+    let sink = client.copy_in(&statements.copy).await?;
     pin_mut!(sink);
     let copied = async {
         sink.send(Bytes::from(batch.data)).await?;
@@ -796,8 +868,8 @@ async fn write_batch(client: &mut Client, plan: &TablePlan, batch: Batch) -> Res
     if let Err(e) = copied {
         return Err(row_error(plan, batch.first_row, batch.rows, &e));
     }
-    if let Some((_, insert)) = &plan.staging {
-        tx.execute(insert.as_str(), &[]).await.map_err(|e| {
+    if let Some(insert) = &statements.insert {
+        client.execute(insert, &[]).await.map_err(|e| {
             anyhow!(
                 "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
                 plan.spec.name,
@@ -808,23 +880,20 @@ async fn write_batch(client: &mut Client, plan: &TablePlan, batch: Batch) -> Res
             )
         })?;
     }
-    let done = (batch.first_row + batch.rows) as i64;
-    tx.execute(
-        &format!(
+    let done = batch.first_row + batch.rows;
+    client
+        .batch_execute(&format!(
             "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (table_name) DO UPDATE \
+             VALUES ({}, {}, {done}, {}) ON CONFLICT (table_name) DO UPDATE \
              SET rows_committed = EXCLUDED.rows_committed, file_sha256 = EXCLUDED.file_sha256, \
-                 rows_total = EXCLUDED.rows_total, updated_at = now()"
-        ),
-        &[
-            &plan.spec.name,
-            &plan.entry.sha256,
-            &done,
-            &(plan.entry.rows as i64),
-        ],
-    )
-    .await?;
-    tx.commit().await.context("could not commit a batch")?;
+                 rows_total = EXCLUDED.rows_total, updated_at = now(); \
+             COMMIT; BEGIN",
+            quote_literal(plan.spec.name),
+            quote_literal(&plan.entry.sha256),
+            plan.entry.rows
+        ))
+        .await
+        .context("could not commit a batch")?;
     Ok(())
 }
 
