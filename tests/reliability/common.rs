@@ -1,0 +1,155 @@
+//! What the scenarios share: a seeded source and an empty drifted target (databases of one
+//! throwaway cluster, or two clusters when a scenario restarts or stops one side), an export,
+//! a user mapping, and an order-independent fingerprint of the imported tables.
+// Not every scenario module uses every helper.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use crate::support::cli::{Run, Workdir};
+use crate::support::cluster::Cluster;
+use crate::support::seed::{self, SeedConfig};
+
+pub const SOURCE_DB: &str = "postgres";
+pub const TARGET_DB: &str = "target";
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A seeded source and an empty target with the fixture schemas, in one cluster, and a work
+/// directory holding `fmig.toml` (the fixture's column mapping).
+pub struct Setup {
+    pub cluster: Cluster,
+    pub work: Workdir,
+}
+
+impl Setup {
+    pub fn new(config: &SeedConfig) -> Setup {
+        let cluster = Cluster::start();
+        seed::load_source_schema(&cluster, SOURCE_DB);
+        seed::seed_source(&cluster, SOURCE_DB, config);
+        cluster.create_database(TARGET_DB);
+        seed::load_target_schema(&cluster, TARGET_DB);
+        let work = Workdir::new();
+        std::fs::copy(fixture("fmig.toml"), work.path().join("fmig.toml")).unwrap();
+        Setup { cluster, work }
+    }
+
+    pub fn source_url(&self) -> String {
+        self.cluster.url(SOURCE_DB)
+    }
+
+    pub fn target_url(&self) -> String {
+        self.cluster.url(TARGET_DB)
+    }
+
+    /// `fmig export --output-dir <dir>` (relative to the work directory).
+    pub fn export(&self, dir: &str) -> Run {
+        self.work.run(
+            &["export", "--output-dir", dir],
+            &[("SUPABASE_DB_URL", &self.source_url())],
+        )
+    }
+
+    /// Writes `<dir>/user-mapping.json` giving every auth user the new id
+    /// `md5('stack' || id)::uuid`, so a test can predict it.
+    pub fn write_user_mapping(&self, dir: &str) {
+        let mapping = self.cluster.psql(
+            SOURCE_DB,
+            "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
+               'mappings', json_agg(json_build_object('supabaseUserId', id, \
+                 'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
+             FROM auth.users",
+        );
+        std::fs::write(
+            self.work.path().join(dir).join("user-mapping.json"),
+            mapping.trim(),
+        )
+        .unwrap();
+    }
+
+    /// `fmig import --input-dir <dir> --unmapped null <extra>` into `db`.
+    pub fn import_into(&self, db: &str, dir: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["import", "--input-dir", dir, "--unmapped", "null"];
+        args.extend_from_slice(extra);
+        self.work
+            .run(&args, &[("DATABASE_URL", &self.cluster.url(db))])
+    }
+
+    /// `fmig verify --export-dir <dir> --unmapped null` of `db` against the source.
+    pub fn verify(&self, db: &str, dir: &str) -> Run {
+        self.work.run(
+            &["verify", "--export-dir", dir, "--unmapped", "null"],
+            &[
+                ("SUPABASE_DB_URL", &self.source_url()),
+                ("DATABASE_URL", &self.cluster.url(db)),
+            ],
+        )
+    }
+}
+
+/// Per imported table: row count and an order-independent hash of its rows.
+pub fn fingerprint(cluster: &Cluster, db: &str) -> Vec<(String, u64, String)> {
+    fmig::manifest::builtin()
+        .iter()
+        .map(|t| {
+            let line = cluster.psql(
+                db,
+                &format!(
+                    "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') \
+                     FROM public.{} x",
+                    t.name
+                ),
+            );
+            let (count, hash) = line.trim().split_once(':').unwrap();
+            (t.name.to_string(), count.parse().unwrap(), hash.to_string())
+        })
+        .collect()
+}
+
+/// Rows lost or duplicated in `got` against `reference`: the row-count difference per table,
+/// or, where counts agree but contents differ, one (a changed row is a lost row).
+pub fn rows_lost(reference: &[(String, u64, String)], got: &[(String, u64, String)]) -> u64 {
+    reference
+        .iter()
+        .zip(got)
+        .map(|((_, rc, rh), (_, gc, gh))| {
+            if rc != gc {
+                rc.abs_diff(*gc)
+            } else if rh != gh {
+                1
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+/// Every user table of `db` with at least one row, "" when all are empty: what a run that
+/// must not write can be checked against.
+pub fn nonempty_tables(cluster: &Cluster, db: &str) -> String {
+    let counts: Vec<String> = fmig::manifest::builtin()
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{0}' AS t FROM public.{0} HAVING count(*) > 0",
+                t.name
+            )
+        })
+        .collect();
+    let mut names = cluster
+        .psql(db, &counts.join(" UNION ALL "))
+        .trim()
+        .to_string();
+    if cluster
+        .psql(db, "SELECT to_regnamespace('fmig') IS NOT NULL")
+        .trim()
+        == "t"
+    {
+        names.push_str(" fmig schema");
+    }
+    names.trim().to_string()
+}

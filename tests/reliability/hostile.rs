@@ -1,0 +1,7 @@
+//! Scenarios: to be written.
+
+use crate::Scenario;
+
+pub fn scenarios() -> Vec<Scenario> {
+    Vec::new()
+}
