@@ -51,15 +51,17 @@ impl Outcome {
     }
 }
 
+/// One row of the outcome table. `run` is a closure so that one function can make a scenario
+/// per input (the hostile corpus: one row per broken input).
 pub struct Scenario {
     /// "kill storm", "server fault", "hostile input", "load".
     pub group: &'static str,
-    pub name: &'static str,
+    pub name: String,
     /// The promise checked, one sentence, for the docs.
-    pub promise: &'static str,
+    pub promise: String,
     /// Load scenarios: only with `--load`.
     pub slow: bool,
-    pub run: fn() -> Outcome,
+    pub run: Box<dyn Fn() -> Outcome>,
 }
 
 struct Row<'a> {
@@ -119,7 +121,7 @@ fn main() {
     for scenario in chosen {
         println!("reliability: {} / {} ...", scenario.group, scenario.name);
         let started = Instant::now();
-        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(scenario.run)) {
+        let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (scenario.run)())) {
             Ok(o) => o,
             Err(panic) => {
                 let message = panic
