@@ -104,7 +104,27 @@ fn main() {
             flag.store(true, Ordering::SeqCst);
         });
     }
-    let code = run(&options, &interrupted);
+    // Ctrl-C while a cluster starts or the seed runs kills that psql/initdb, which fails the
+    // step with a panic: unwinding drops (removes) the clusters; say so quietly and exit 130.
+    let default_hook = std::panic::take_hook();
+    {
+        let interrupted = interrupted.clone();
+        std::panic::set_hook(Box::new(move |info| {
+            if !interrupted.load(Ordering::SeqCst) {
+                default_hook(info);
+            }
+        }));
+    }
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&options, &interrupted)
+    })) {
+        Ok(code) => code,
+        Err(_) if interrupted.load(Ordering::SeqCst) => {
+            eprintln!("demo: interrupted; the databases were removed");
+            130
+        }
+        Err(_) => 101,
+    };
     std::process::exit(code);
 }
 
@@ -163,15 +183,16 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         ("fmig export --dry-run", &["export", "--dry-run"], &[0]),
         ("fmig plan", &["plan"], &[0]),
         ("fmig export", &["export"], &[0]),
-        // Exit 1: some users need a human (listed above); everyone else is mapped.
+        // Exit 1: some users need a human (listed, and in users-needing-attention.csv);
+        // everyone else is mapped.
         ("fmig migrate-users", &["migrate-users"], &[0, 1]),
         // Users that could not be migrated (anonymous, deleted, ...) still own rows: keep their
         // old ids deliberately, as listed by the import.
         ("fmig import", &["import", "--unmapped", "keep"], &[0]),
-        // Exit 1 here is the kept ids of those users: verify names them as not Stack Auth ids.
-        ("fmig verify", &["verify", "--unmapped", "keep"], &[0, 1]),
+        // Verify accepts exactly those kept ids (and lists them); anything else is a failure.
+        ("fmig verify", &["verify", "--unmapped", "keep"], &[0]),
     ];
-    let mut failed = false;
+    let mut failed: Option<String> = None;
     for (name, args, accepted) in steps {
         if interrupted.load(Ordering::SeqCst) {
             break;
@@ -186,31 +207,84 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         let code = status.code().unwrap_or(-1);
         timings.push((name.to_string(), started.elapsed(), code));
         if !accepted.contains(&code) {
-            failed = true;
+            failed = Some(format!("{name} exited {code}"));
             break;
         }
     }
 
+    let data = options.workdir.join("migration-data");
     println!("\n== summary");
+    println!("   {:<24} {:>9}  {:>4}", "step", "seconds", "exit");
+    println!("   {:-<24} {:->9}  {:->4}", "", "", "");
     for (name, took, code) in &timings {
-        println!("   {name:<28} {:>8.1}s   exit {code}", took.as_secs_f64());
+        println!("   {name:<24} {:>9.1}  {code:>4}", took.as_secs_f64());
     }
-    println!("   {:<28} {:>8.1}s", "total", total.elapsed().as_secs_f64());
-    println!("   settings: {}", env_file.display());
+    println!("   {:<24} {:>9.1}", "total", total.elapsed().as_secs_f64());
+    println!();
+    println!("   settings (.env):      {}", env_file.display());
     println!(
-        "   log:      {}",
+        "   column mapping:       {}",
+        options.workdir.join("fmig.toml").display()
+    );
+    println!(
+        "   log (JSON lines):     {}",
         options.workdir.join("migration.log").display()
     );
+    println!("   export:               {}", data.display());
+    for (what, file) in [
+        ("user mapping", "user-mapping.json"),
+        ("to contact", "password-reset-needed.csv"),
+        ("needing attention", "users-needing-attention.csv"),
+        ("verification report", "verification-report.json"),
+    ] {
+        if data.join(file).exists() {
+            println!(
+                "   {:<21} {}",
+                format!("{what}:"),
+                data.join(file).display()
+            );
+        }
+    }
     if interrupted.load(Ordering::SeqCst) {
-        println!("   interrupted: removing the databases");
+        println!("\ninterrupted: removing the databases");
         return 130;
     }
-    if options.keep {
-        println!("   --keep: the databases stay up until you press Enter");
-        println!("   source: {}", source.url("postgres"));
-        println!("   target: {}", target.url("freshtrack"));
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
+    match &failed {
+        Some(why) => println!("\nThe rehearsal stopped: {why} (its output is above)."),
+        None => println!(
+            "\nThe rehearsal passed: every row moved and verify proved the target equals the source."
+        ),
     }
-    if failed { 1 } else { 0 }
+    if options.keep {
+        println!(
+            "\n--keep: the databases and the Stack Auth emulator stay up until you press Enter (or Ctrl-C)"
+        );
+        println!("   source:     {}", source.url("postgres"));
+        println!("   target:     {}", target.url("freshtrack"));
+        println!("   Stack Auth: {}", stack_auth.url());
+        println!(
+            "   try:        cd {} && {} verify",
+            options.workdir.display(),
+            options.fmig.display()
+        );
+        wait_for_enter_or_interrupt(interrupted);
+    }
+    println!("removing the databases");
+    if failed.is_some() { 1 } else { 0 }
+}
+
+/// Blocks until a line (or end of input) arrives on stdin, or Ctrl-C.
+fn wait_for_enter_or_interrupt(interrupted: &AtomicBool) {
+    let entered = Arc::new(AtomicBool::new(false));
+    {
+        let entered = entered.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            entered.store(true, Ordering::SeqCst);
+        });
+    }
+    while !entered.load(Ordering::SeqCst) && !interrupted.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

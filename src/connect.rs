@@ -410,7 +410,22 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Client> {
         .batch_execute(&setup)
         .await
         .with_context(|| format!("could not prepare the {side} session ({})", url.describe()))?;
-    info!(%side, host = %url.host, port = url.port, database = %url.database, "connected");
+    // Commands open many sessions (a pair per table in verify); the console hears of the first
+    // per side, the log (at debug) of every one.
+    static ANNOUNCED: std::sync::Mutex<Vec<Side>> = std::sync::Mutex::new(Vec::new());
+    let first = {
+        let mut announced = ANNOUNCED.lock().unwrap_or_else(|e| e.into_inner());
+        let first = !announced.contains(&side);
+        if first {
+            announced.push(side);
+        }
+        first
+    };
+    if first {
+        info!(%side, host = %url.host, port = url.port, database = %url.database, "connected");
+    } else {
+        debug!(%side, host = %url.host, port = url.port, database = %url.database, "connected");
+    }
     Ok(client)
 }
 

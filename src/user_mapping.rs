@@ -36,6 +36,7 @@ pub const FILE_NAME: &str = "user-mapping.json";
 pub const JOURNAL_FILE_NAME: &str = "user-migration.journal.jsonl";
 /// The list of users to contact, next to the mapping file.
 pub const RESET_CSV_FILE_NAME: &str = "password-reset-needed.csv";
+pub const ATTENTION_CSV_FILE_NAME: &str = "users-needing-attention.csv";
 /// How long the mapping is kept for customer support.
 pub const RETENTION_DAYS: i64 = 90;
 
@@ -47,6 +48,11 @@ pub fn journal_path(mapping_path: &Path) -> PathBuf {
 /// The password-reset list of the mapping at `mapping_path` (same directory).
 pub fn reset_csv_path(mapping_path: &Path) -> PathBuf {
     sibling(mapping_path, RESET_CSV_FILE_NAME)
+}
+
+/// Every user migrate-users could not carry over as-is, next to the mapping.
+pub fn attention_csv_path(mapping_path: &Path) -> PathBuf {
+    sibling(mapping_path, ATTENTION_CSV_FILE_NAME)
 }
 
 fn sibling(path: &Path, name: &str) -> PathBuf {

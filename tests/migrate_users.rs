@@ -280,6 +280,7 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
     for name in [
         "user-mapping.json",
         "password-reset-needed.csv",
+        "users-needing-attention.csv",
         "user-migration.journal.jsonl",
     ] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
@@ -314,20 +315,42 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
         .collect();
     assert_eq!(in_csv, want_csv, "{csv}");
 
-    // Everyone who needs attention is named, with the reason.
+    // Everyone who needs attention is in the CSV, with the reason; the console names the first
+    // few of each category and counts the rest.
+    let attention = std::fs::read_to_string(dir.join("users-needing-attention.csv")).unwrap();
+    assert_eq!(attention.lines().next(), Some("category,id,email,details"));
     for u in f
         .users
         .iter()
         .filter(|u| !matches!(expected_category(u), "password" | "oauth"))
     {
         assert!(
-            run.stdout.contains(&u.id),
-            "{} ({}) not named:\n{}",
+            attention.contains(&u.id),
+            "{} ({}) not in users-needing-attention.csv:\n{attention}",
             u.id,
             u.category,
-            run.stdout
         );
     }
+    let categories: BTreeSet<&str> = attention
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let named = f
+        .users
+        .iter()
+        .filter(|u| run.stdout.contains(&u.id))
+        .count();
+    assert!(
+        named <= 5 * categories.len(),
+        "{named} users named on the console:\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("more") && run.stdout.contains("users-needing-attention.csv"),
+        "{}",
+        run.stdout
+    );
     for label in [
         "SSO (SAML)",
         "anonymous",
@@ -419,6 +442,7 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
     for name in [
         "user-mapping.json",
         "password-reset-needed.csv",
+        "users-needing-attention.csv",
         "user-migration.journal.jsonl",
     ] {
         assert!(!dir.join(name).exists(), "{name} survived prune");

@@ -26,6 +26,12 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn setup() -> Setup {
+    setup_with("true", "null")
+}
+
+/// A migration whose user mapping holds only the users matching `mapped` (SQL on auth.users),
+/// imported with `--unmapped <unmapped>`.
+fn setup_with(mapped: &str, unmapped: &str) -> Setup {
     let cluster = Cluster::start();
     seed::load_source_schema(&cluster, "postgres");
     seed::seed_source(&cluster, "postgres", &SeedConfig::default());
@@ -39,15 +45,15 @@ fn setup() -> Setup {
     .expect_code(0);
     let mapping = cluster.psql(
         "postgres",
-        "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
+        &format!("SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
            'mappings', json_agg(json_build_object('supabaseUserId', id, \
              'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
-         FROM auth.users",
+         FROM auth.users WHERE {mapped}"),
     );
     std::fs::write(work.path().join("out/user-mapping.json"), mapping.trim()).unwrap();
     std::fs::copy(fixture("fmig.toml"), work.path().join("fmig.toml")).unwrap();
     work.run(
-        &["import", "--input-dir", "out", "--unmapped", "null"],
+        &["import", "--input-dir", "out", "--unmapped", unmapped],
         &[("DATABASE_URL", &cluster.url(TARGET_DB))],
     )
     .expect_code(0);
@@ -330,6 +336,53 @@ fn verify_passes_after_a_clean_migration_and_catches_each_injected_defect() {
     let (run, report) = s.verify(&["--skip-checksum", "--table", "sites"]);
     run.expect_code(0);
     assert_eq!(report["tables"][0]["checksum_ok"], Value::Null);
+}
+
+#[test]
+fn verify_unmapped_keep_accepts_the_old_ids_import_kept_and_nothing_else() {
+    // Half the users have no Stack Auth account: import keeps their old ids.
+    let s = setup_with("id::text < '8'", "keep");
+    let (run, report) = s.verify(&["--unmapped", "keep"]);
+    run.expect_code(0);
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(
+        run.stdout.contains("Kept on purpose") && run.stdout.contains("profiles.user_id"),
+        "{}",
+        run.stdout
+    );
+    let kept = report.to_string();
+    assert!(kept.contains("have no Stack Auth account"), "{report:#}");
+
+    // Verified as if import had written NULL: every kept id is a difference.
+    let (run, _) = s.verify(&["--unmapped", "null", "--table", "profiles"]);
+    run.expect_code(1);
+
+    // An old id that has a mapping but was not rewritten is still a difference.
+    let (site, created_by) = {
+        let row = s.target(
+            "SELECT id || '|' || created_by FROM public.sites WHERE created_by IS NOT NULL ORDER BY id LIMIT 1",
+        );
+        let (a, b) = row.split_once('|').unwrap();
+        (a.to_string(), b.to_string())
+    };
+    let mapped_old = s.cluster.psql(
+        "postgres",
+        "SELECT id FROM auth.users WHERE id::text < '8' ORDER BY id LIMIT 1",
+    );
+    let mapped_old = mapped_old.trim();
+    s.target(&format!(
+        "UPDATE public.sites SET created_by = '{mapped_old}' WHERE id = '{site}'"
+    ));
+    let (run, report) = s.verify(&["--unmapped", "keep", "--table", "sites"]);
+    s.target(&format!(
+        "UPDATE public.sites SET created_by = '{created_by}' WHERE id = '{site}'"
+    ));
+    run.expect_code(1);
+    let text = report.to_string();
+    assert!(
+        text.contains("not rewritten") && text.contains(mapped_old),
+        "{report:#}"
+    );
 }
 
 #[test]

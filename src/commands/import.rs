@@ -537,40 +537,55 @@ fn check_against_metadata(path: &Path, read: &FileRead, entry: &FileEntry) -> Re
     Ok(())
 }
 
+/// Reports user ids without a mapping per column (a short table on the console; every id in the
+/// log file) and applies `--unmapped`: fail before writing, or go on writing NULL or the old id.
 fn handle_unmapped(
     unmapped: &UnmappedIds,
     plans: &[TablePlan],
     policy: Unmapped,
     mapping: &Path,
 ) -> Result<()> {
-    let mut lines = Vec::new();
-    let mut counts = Vec::new();
+    let mut table = TextTable::new(&[
+        ("column", Align::Left),
+        ("users", Align::Right),
+        ("rows", Align::Right),
+        ("e.g.", Align::Left),
+    ]);
     let mut ids: BTreeSet<&str> = BTreeSet::new();
-    for ((table, column), values) in unmapped {
+    let mut total_rows = 0u64;
+    for ((table_name, column), values) in unmapped {
         let rows: u64 = values.values().sum();
-        counts.push(format!("{table}.{column} {} in {rows} rows", values.len()));
-        lines.push(format!(
-            "{table}.{column}: {} id(s) in {rows} row(s): {}",
-            values.len(),
-            values
-                .keys()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-                + if values.len() > 20 { ", ..." } else { "" }
-        ));
+        total_rows += rows;
+        let shown: Vec<&str> = values.keys().take(2).map(String::as_str).collect();
+        table.row(vec![
+            format!("{table_name}.{column}"),
+            thousands(values.len() as i64),
+            thousands(rows as i64),
+            shown.join(", ") + if values.len() > 2 { ", ..." } else { "" },
+        ]);
+        // The whole list goes to the log only: thousands of ids help no one on a console.
+        info!(
+            target: "fmig::report",
+            table = %table_name,
+            column = %column,
+            rows,
+            ids = %values.keys().cloned().collect::<Vec<_>>().join(","),
+            "user ids without a mapping"
+        );
         ids.extend(values.keys().map(String::as_str));
     }
+    let summary = format!(
+        "{} user id(s) in {} row(s) have no entry in {} (every id is in the log file):\n{}",
+        thousands(ids.len() as i64),
+        thousands(total_rows as i64),
+        mapping.display(),
+        table.render()
+    );
     match policy {
         Unmapped::Fail => bail!(
-            "{} user id(s) have no entry in {}; nothing was written:\n  {}\n  next step: run fmig \
-             migrate-users for the missing users, or choose explicitly: --unmapped null (write \
-             NULL; nullable columns only) or --unmapped keep (keep the old ids, which point at no \
-             Stack Auth user)",
-            ids.len(),
-            mapping.display(),
-            lines.join("\n  ")
+            "{summary}The import stopped before its first write: nothing was written.\n  next step: run fmig migrate-users for the missing \
+             users, or choose explicitly: --unmapped null (write NULL; nullable columns only) or \
+             --unmapped keep (keep the old ids, which point at no Stack Auth user)"
         ),
         Unmapped::Null => {
             for (table, column) in unmapped.keys() {
@@ -589,22 +604,25 @@ fn handle_unmapped(
                     .any(|&(c, nullable)| c == i && nullable)
                 {
                     bail!(
-                        "--unmapped null: {table}.{column} is NOT NULL in the target, so its unmapped ids cannot become NULL:\n  {}",
-                        lines.join("\n  ")
+                        "--unmapped null: {table}.{column} is NOT NULL in the target, so its \
+                         unmapped ids cannot become NULL; nothing was written.\n{summary}  \
+                         next step: migrate those users, or use --unmapped keep"
                     );
                 }
             }
+            progress::suspend(|| print!("{summary}"));
             warn!(
                 ids = ids.len(),
-                "unmapped user ids will be written as NULL: {}",
-                lines.join("; ")
+                rows = total_rows,
+                "--unmapped null: these user ids will be written as NULL"
             );
         }
         Unmapped::Keep => {
+            progress::suspend(|| print!("{summary}"));
             warn!(
                 ids = ids.len(),
-                "unmapped user ids are kept as they are: {}",
-                lines.join("; ")
+                rows = total_rows,
+                "--unmapped keep: these old user ids are kept as they are (they point at no Stack Auth user)"
             );
         }
     }

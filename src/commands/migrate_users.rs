@@ -332,6 +332,10 @@ pub async fn run(args: &MigrateUsersArgs) -> Result<Outcome> {
         create_seconds,
         output: &output,
     };
+    write_attention_csv(
+        &user_mapping::attention_csv_path(&output),
+        &attention(&plan, &outcomes),
+    )?;
     let text = summary.render();
     summary.log();
     progress::suspend(|| print!("{text}"));
@@ -765,7 +769,10 @@ fn is_web_url(text: &str) -> bool {
 
 async fn dry_run(args: &MigrateUsersArgs, plan: &[PlannedUser]) -> Result<Outcome> {
     let mut out = render_counts(plan);
-    out.push_str(&render_attention(plan, &HashMap::new()));
+    out.push_str(&render_attention(
+        &attention(plan, &HashMap::new()),
+        "the log file",
+    ));
     out.push_str("\nSample request bodies (POST /api/v1/users; password hashes masked):\n");
     for category in Category::ALL.iter().filter(|c| c.creates()) {
         if let Some(p) = plan.iter().find(|p| p.category == *category) {
@@ -1457,15 +1464,23 @@ fn render_counts(plan: &[PlannedUser]) -> String {
     )
 }
 
-/// Every user that needs attention, by name, with what happened or will happen.
-fn render_attention(plan: &[PlannedUser], outcomes: &HashMap<&str, UserOutcome>) -> String {
-    let mut table = TextTable::new(&[
-        ("category", Align::Left),
-        ("Supabase user id", Align::Left),
-        ("e-mail", Align::Left),
-        ("details", Align::Left),
-    ]);
-    let mut rows = 0;
+/// Users listed per category on the console; the rest are in the CSV (or, for a dry run, the
+/// log file). Hundreds of lines of ids hide the summary an operator is looking for.
+const ATTENTION_SHOWN_PER_CATEGORY: usize = 5;
+
+/// One user that needs attention: a skipped category, a conflict, a failure, a reset to send.
+struct Attention<'a> {
+    category: Category,
+    user: &'a PlannedUser,
+    details: String,
+}
+
+/// Every user that needs attention, in category order, with what happened or will happen.
+fn attention<'a>(
+    plan: &'a [PlannedUser],
+    outcomes: &HashMap<&str, UserOutcome>,
+) -> Vec<Attention<'a>> {
+    let mut list = Vec::new();
     for c in Category::ALL {
         for p in plan.iter().filter(|p| p.category == c) {
             let outcome = outcomes.get(p.id.as_str());
@@ -1486,19 +1501,78 @@ fn render_attention(plan: &[PlannedUser], outcomes: &HashMap<&str, UserOutcome>)
             if p.reset_reason.is_some() {
                 details.push("in password-reset-needed.csv".into());
             }
-            table.row(vec![
-                c.label().into(),
-                p.id.clone(),
-                p.email.clone().unwrap_or_default(),
-                details.join("; "),
-            ]);
-            rows += 1;
+            list.push(Attention {
+                category: c,
+                user: p,
+                details: details.join("; "),
+            });
         }
     }
-    if rows == 0 {
+    list
+}
+
+/// The attention list for the console: a few users per category, then how many more and
+/// where the whole list is (`full_list`).
+fn render_attention(list: &[Attention], full_list: &str) -> String {
+    if list.is_empty() {
         return "\nNo user needs attention.\n".into();
     }
-    format!("\nUsers that need attention ({rows}):\n{}", table.render())
+    let mut table = TextTable::new(&[
+        ("category", Align::Left),
+        ("Supabase user id", Align::Left),
+        ("e-mail", Align::Left),
+        ("details", Align::Left),
+    ]);
+    let mut hidden = 0;
+    for c in Category::ALL {
+        let users: Vec<&Attention> = list.iter().filter(|a| a.category == c).collect();
+        for a in users.iter().take(ATTENTION_SHOWN_PER_CATEGORY) {
+            table.row(vec![
+                c.label().into(),
+                a.user.id.clone(),
+                a.user.email.clone().unwrap_or_default(),
+                a.details.clone(),
+            ]);
+        }
+        if users.len() > ATTENTION_SHOWN_PER_CATEGORY {
+            let more = users.len() - ATTENTION_SHOWN_PER_CATEGORY;
+            hidden += more;
+            table.row(vec![
+                c.label().into(),
+                format!("... and {} more", thousands(more as i64)),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    let shown = if hidden > 0 {
+        format!(", {} shown; all in {full_list}", list.len() - hidden)
+    } else {
+        String::new()
+    };
+    format!(
+        "\nUsers that need attention ({}{shown}):\n{}",
+        thousands(list.len() as i64),
+        table.render()
+    )
+}
+
+/// `users-needing-attention.csv` next to the mapping: every user of the attention list (0600,
+/// atomic: it holds e-mails).
+fn write_attention_csv(path: &Path, list: &[Attention]) -> Result<()> {
+    let mut csv = String::from("category,id,email,details\n");
+    for a in list {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{}",
+            csv_field(a.category.label()),
+            csv_field(&a.user.id),
+            csv_field(a.user.email.as_deref().unwrap_or("")),
+            csv_field(&a.details)
+        );
+    }
+    files::write_atomically(path, csv.as_bytes())?;
+    Ok(())
 }
 
 fn log_plan(plan: &[PlannedUser]) {
@@ -1617,7 +1691,12 @@ impl Summary<'_> {
         push("total", &t);
         let mut out = String::from("\n");
         out.push_str(&table.render());
-        out.push_str(&render_attention(self.plan, self.outcomes));
+        out.push_str(&render_attention(
+            &attention(self.plan, self.outcomes),
+            &user_mapping::attention_csv_path(self.output)
+                .display()
+                .to_string(),
+        ));
         if !self.warnings.is_empty() {
             out.push_str("\nWarnings:\n");
             for w in self.warnings {

@@ -32,7 +32,10 @@
 //! (columns with both values; personal or secret columns masked), up to `--max-diffs`.
 //!
 //! **Referential checks.** Every user-id value in the target is a Stack Auth id of the mapping
-//! (or NULL), and no foreign key of the verified tables has orphans.
+//! (or NULL), and no foreign key of the verified tables has orphans. With `--unmapped keep`, a
+//! value that is the old id of a user without a mapping is listed as kept, not as a difference
+//! (the checksum has already shown it is the source's own value); the old id of a user who
+//! *has* a mapping is still a difference.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -109,6 +112,9 @@ pub struct TableReport {
     pub differences_truncated: bool,
     /// User-id values not in the mapping, foreign-key orphans.
     pub referential: Vec<String>,
+    /// `--unmapped keep`: old ids of users without a Stack Auth account, kept on purpose (the
+    /// content checksum has already proved each is the source's own value).
+    pub kept_old_ids: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -398,6 +404,7 @@ fn empty_report(table: &str, target_table: &str) -> TableReport {
         differences: Vec::new(),
         differences_truncated: false,
         referential: Vec::new(),
+        kept_old_ids: Vec::new(),
         error: None,
     }
 }
@@ -1268,45 +1275,63 @@ async fn referential_checks(
                 .filter_map(move |c| p.map.target_of(c).map(|t| (p, t.name.clone())))
         })
         .collect();
+    let mut kept: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !user_columns.is_empty() {
         client
             .batch_execute(
                 "CREATE TEMP TABLE IF NOT EXISTS fmig_verify_user_ids (id text PRIMARY KEY); \
-                 TRUNCATE fmig_verify_user_ids",
+                 CREATE TEMP TABLE IF NOT EXISTS fmig_verify_old_ids (id text PRIMARY KEY); \
+                 TRUNCATE fmig_verify_user_ids, fmig_verify_old_ids",
             )
             .await?;
-        let ids: HashSet<String> = user_map
-            .ids
-            .values()
-            .map(|v| v.to_ascii_lowercase())
-            .collect();
-        let mut data = Vec::new();
-        for id in ids {
-            data.extend_from_slice(id.replace(['\\', '\t', '\n'], "").as_bytes());
-            data.push(b'\n');
+        copy_ids(client, "fmig_verify_user_ids", user_map.ids.values()).await?;
+        // With --unmapped keep, a value that is no Stack Auth id is either an old id kept on
+        // purpose (its user has no mapping) or an old id that import should have rewritten.
+        if user_map.keep {
+            copy_ids(client, "fmig_verify_old_ids", user_map.ids.keys()).await?;
         }
-        let sink = client
-            .copy_in("COPY fmig_verify_user_ids FROM STDIN")
-            .await?;
-        pin_mut!(sink);
-        sink.send(Bytes::from(data)).await?;
-        sink.finish().await?;
         for (plan, column) in user_columns {
             let c = quote_ident(&column);
             let sql = format!(
-                "SELECT count(*), (array_agg(DISTINCT t.{c}::text))[1:5] FROM {} t \
+                "SELECT count(*) FILTER (WHERE o.id IS NOT NULL), \
+                        (array_agg(DISTINCT t.{c}::text) FILTER (WHERE o.id IS NOT NULL))[1:5], \
+                        count(*) FILTER (WHERE o.id IS NULL), \
+                        count(DISTINCT t.{c}) FILTER (WHERE o.id IS NULL), \
+                        (array_agg(DISTINCT t.{c}::text) FILTER (WHERE o.id IS NULL))[1:2] \
+                 FROM {} t LEFT JOIN fmig_verify_old_ids o ON o.id = lower(t.{c}::text) \
                  WHERE t.{c} IS NOT NULL AND NOT EXISTS \
                  (SELECT 1 FROM fmig_verify_user_ids u WHERE u.id = lower(t.{c}::text))",
                 plan.target.quoted()
             );
             let row = client.query_one(sql.as_str(), &[]).await?;
-            let count: i64 = row.get(0);
-            if count > 0 {
-                let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+            let (mapped, mapped_samples): (i64, Option<Vec<String>>) = (row.get(0), row.get(1));
+            let (unmapped, unmapped_users, unmapped_samples): (i64, i64, Option<Vec<String>>) =
+                (row.get(2), row.get(3), row.get(4));
+            let samples = |s: Option<Vec<String>>| s.unwrap_or_default().join(", ");
+            if user_map.keep {
+                if mapped > 0 {
+                    problems.entry(plan.name.clone()).or_default().push(format!(
+                        "{}.{column}: {mapped} row(s) hold the old id of a user who has a Stack Auth id (not rewritten), e.g. {}",
+                        plan.target.name,
+                        samples(mapped_samples)
+                    ));
+                }
+                if unmapped > 0 {
+                    kept.entry(plan.name.clone()).or_default().push(format!(
+                        "{}.{column}: {unmapped} row(s) keep {unmapped_users} old user id(s) that have no Stack Auth account, e.g. {}, ...",
+                        plan.target.name,
+                        samples(unmapped_samples)
+                    ));
+                }
+            } else if mapped + unmapped > 0 {
+                let mut all = mapped_samples.unwrap_or_default();
+                all.extend(unmapped_samples.unwrap_or_default());
+                all.truncate(5);
                 problems.entry(plan.name.clone()).or_default().push(format!(
-                    "{}.{column}: {count} row(s) hold a user id that is not a Stack Auth id of the mapping, e.g. {}",
+                    "{}.{column}: {} row(s) hold a user id that is not a Stack Auth id of the mapping, e.g. {}",
                     plan.target.name,
-                    samples.join(", ")
+                    mapped + unmapped,
+                    all.join(", ")
                 ));
             }
         }
@@ -1315,6 +1340,7 @@ async fn referential_checks(
         problems.entry(table).or_default().push(problem);
     }
     for report in reports.iter_mut() {
+        report.kept_old_ids = kept.remove(&report.table).unwrap_or_default();
         if let Some(list) = problems.remove(&report.table) {
             report.referential = list;
             if report.status == Status::Ok {
@@ -1322,6 +1348,27 @@ async fn referential_checks(
             }
         }
     }
+    Ok(())
+}
+
+/// Loads lower-cased ids into one of the referential checks' temporary tables.
+async fn copy_ids<'a>(
+    client: &Client,
+    table: &str,
+    ids: impl Iterator<Item = &'a String>,
+) -> Result<()> {
+    let ids: HashSet<String> = ids.map(|v| v.to_ascii_lowercase()).collect();
+    let mut data = Vec::new();
+    for id in ids {
+        data.extend_from_slice(id.replace(['\\', '\t', '\n'], "").as_bytes());
+        data.push(b'\n');
+    }
+    let sink = client
+        .copy_in(format!("COPY {table} FROM STDIN").as_str())
+        .await?;
+    pin_mut!(sink);
+    sink.send(Bytes::from(data)).await?;
+    sink.finish().await?;
     Ok(())
 }
 
@@ -1433,6 +1480,15 @@ fn render(report: &VerifyReport) -> String {
     for r in report.tables.iter().filter(|r| r.status != Status::Ok) {
         out.push_str(&format!("\n{} ({}):\n", r.table, status_text(r)));
         for line in detail_lines(r) {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    let kept: Vec<&String> = report.tables.iter().flat_map(|r| &r.kept_old_ids).collect();
+    if !kept.is_empty() {
+        out.push_str(
+            "\nKept on purpose (--unmapped keep; each value is the source's own, as the checksums show):\n",
+        );
+        for line in kept {
             out.push_str(&format!("  {line}\n"));
         }
     }
