@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::connect::{ConnectOptions, DbUrl, Side};
@@ -694,9 +694,27 @@ pub fn load_env_file(args: impl IntoIterator<Item = OsString>) -> Result<Option<
         None if Path::new(".env").is_file() => PathBuf::from(".env"),
         None => return Ok(None),
     };
-    dotenvy::from_path(&path).with_context(|| {
-        format!(
-            "could not read {} (expected KEY=value lines; quote values that contain spaces or #)",
+    // dotenvy's parse error quotes the whole line, password and all: name the line instead.
+    dotenvy::from_path(&path).map_err(|err| {
+        let what = match &err {
+            dotenvy::Error::LineParse(line, at) => {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let number = text
+                    .lines()
+                    .position(|l| l.trim_end() == line.trim_end())
+                    .map_or_else(String::new, |n| format!("line {}, ", n + 1));
+                let key = line.split('=').next().unwrap_or("").trim();
+                format!(
+                    "{number}the {key} line cannot be parsed at character {}",
+                    at + 1
+                )
+            }
+            other => crate::redact::scrub(&other.to_string()).to_string(),
+        };
+        anyhow!(
+            "could not read {}: {what} (its value is not shown: it may hold a password).\n  \
+             next step: write KEY=value lines; quote values that contain spaces or #, and close \
+             every quote",
             path.display()
         )
     })?;

@@ -404,6 +404,18 @@ impl ColumnMap {
                         ),
                     ));
                 }
+                if let Some(why) = expression_problem(&expression.value) {
+                    problems.push(problem(
+                        &expression,
+                        format!(
+                            "[tables.{}.set] {}: {why}. A set expression must be one SQL \
+                             expression: fmig evaluates it as CAST((expression) AS <column type>), \
+                             and nothing may reach outside those parentheses (comments belong in \
+                             the TOML, after #)",
+                            name.value, column.value
+                        ),
+                    ));
+                }
                 config.set.push((column, expression));
             }
             if let Some(ids) = &table.user_id_columns {
@@ -955,6 +967,88 @@ pub fn expression_probe(
     )
 }
 
+/// Why `expression` is not one self-contained SQL expression, judged on its tokens the way
+/// PostgreSQL's lexer sees them (with `standard_conforming_strings`, which every fmig session
+/// sets): a `;`, a comment, or a parenthesis that closes one the expression did not open
+/// could carry the text outside the `CAST((...) AS type)` it is placed in, into the rest of
+/// the statement fmig builds around it. String literals (`'...'`, `E'...'`, `$tag$...$tag$`)
+/// and quoted identifiers are skipped. `None` when it is fine.
+pub fn expression_problem(expression: &str) -> Option<String> {
+    let b = expression.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    // The index after the closing `quote` of the literal opening at `start`, or None.
+    let closing = |start: usize, quote: u8, backslash_escapes: bool| -> Option<usize> {
+        let mut i = start + 1;
+        while i < b.len() {
+            if backslash_escapes && b[i] == b'\\' {
+                i += 2;
+            } else if b[i] == quote {
+                if b.get(i + 1) == Some(&quote) {
+                    i += 2;
+                } else {
+                    return Some(i + 1);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        None
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        let next = b.get(i + 1).copied();
+        match b[i] {
+            b'\'' => {
+                // E'...' (a lone e before the quote) takes backslash escapes.
+                let escapes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !ident(b[i - 2]));
+                match closing(i, b'\'', escapes) {
+                    Some(end) => i = end,
+                    None => return Some("a string literal is not closed".into()),
+                }
+                continue;
+            }
+            b'"' => {
+                match closing(i, b'"', false) {
+                    Some(end) => i = end,
+                    None => return Some("a quoted identifier is not closed".into()),
+                }
+                continue;
+            }
+            b'$' if i == 0 || !ident(b[i - 1]) => {
+                // $tag$ ... $tag$ (tag empty or an identifier); $1 is a parameter, not a quote.
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80))
+                    .map(|n| i + 1 + n);
+                if let Some(end) = tag_end
+                    && b[end] == b'$'
+                    && !b[i + 1].is_ascii_digit()
+                {
+                    let tag = &b[i..=end];
+                    match b[end + 1..].windows(tag.len()).position(|w| w == tag) {
+                        Some(n) => i = end + 1 + n + tag.len(),
+                        None => return Some("a dollar-quoted string is not closed".into()),
+                    }
+                    continue;
+                }
+            }
+            b';' => return Some("it contains `;`, which would end the statement".into()),
+            b'-' if next == Some(b'-') => return Some("it contains a `--` comment".into()),
+            b'/' if next == Some(b'*') => return Some("it contains a `/*` comment".into()),
+            b'(' => depth += 1,
+            b')' if depth == 0 => {
+                return Some("a `)` closes a parenthesis the expression did not open".into());
+            }
+            b')' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    (depth > 0).then(|| "a `(` is not closed".to_string())
+}
+
 /// Whether an SQL expression names `column`, as a bare word (case-insensitively, as
 /// PostgreSQL folds it) or as a quoted identifier, outside string literals. A textual check:
 /// good enough to tell "this source column feeds an expression" from "it is forgotten".
@@ -1178,6 +1272,48 @@ const TEMPLATE_HELP: &str = "#
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_expressions_cannot_reach_outside_their_parentheses() {
+        for fine in [
+            "CASE role::text WHEN 'staff' THEN 'operator' ELSE role::text END::public.app_role",
+            "(SELECT p.id FROM public.profiles AS p WHERE p.user_id = src.profile_id)",
+            "'it''s; -- not a comment (' || \"odd;name)\"",
+            "E'a\\'b; )' || $$ ; ) -- $$ || $x$ ( $x$",
+            "regexp_replace(name, '\\s+', ' ')",
+            "a$b + 1",
+            "1 - -1",
+            "10 / 2",
+        ] {
+            assert_eq!(expression_problem(fine), None, "{fine}");
+        }
+        for (bad, why) in [
+            ("NULL); DROP TABLE public.areas; --", "`)` closes"),
+            ("NULL) AS text) FROM (SELECT 1) AS x --", "`)` closes"),
+            ("1; DELETE FROM t", "`;`"),
+            ("1 -- the rest", "`--`"),
+            ("1 /* x */", "`/*`"),
+            ("(1", "`(` is not closed"),
+            ("'open", "string literal"),
+            ("\"open", "quoted identifier"),
+            ("$q$ open", "dollar-quoted"),
+            // Standard strings take no backslash escape: the quote ends the literal here.
+            ("'\\') AS int) --'", "`)` closes"),
+        ] {
+            let got = expression_problem(bad).unwrap_or_default();
+            assert!(got.contains(why), "{bad}: {got}");
+        }
+        let err = ColumnMap::parse(
+            "[tables.areas.set]\ndescription = \"NULL); DROP TABLE x; --\"\n",
+            Path::new("fmig.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("fmig.toml:2:15: [tables.areas.set] description: a `)`"),
+            "{err}"
+        );
+    }
     use crate::catalog::Column;
 
     fn parse(text: &str) -> std::result::Result<ColumnMap, MappingErrors> {

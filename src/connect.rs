@@ -334,9 +334,12 @@ pub struct ConnectOptions {
 }
 
 /// Session settings that make values and text forms independent of server defaults: UTC,
-/// ISO dates, PostgreSQL-style intervals, floats with full precision.
+/// ISO dates, PostgreSQL-style intervals, floats with full precision, and backslashes that are
+/// plain characters in '...' literals (what `quote_literal` and the mapping's expression check
+/// assume).
 const SESSION_SETUP: &str = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; \
-     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET client_encoding = 'UTF8'";
+     SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET client_encoding = 'UTF8'; \
+     SET standard_conforming_strings = on";
 
 /// Opens a connection and drives it on a background task. The source session is made read-only
 /// (`default_transaction_read_only`) before it is returned, so no statement fmig sends can write

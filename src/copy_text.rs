@@ -132,6 +132,11 @@ fn escape_copy(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// Whether `text` is standard base64 with padding, as the export writes bytea.
+pub fn is_base64(text: &str) -> bool {
+    decode_base64(text).is_some()
+}
+
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     fn value(c: u8) -> Option<u32> {
         Some(match c {

@@ -23,6 +23,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::codec::ColumnKind;
 use crate::files::hex;
 
 /// What reading a whole file found.
@@ -41,27 +42,44 @@ pub fn read_rows(
     columns: &[String],
     on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
-    read_rows_with(path, columns, None, on_row)
+    read_rows_with(path, columns, None, None, on_row)
 }
 
-/// [`read_rows`], but only the columns marked in `keep` (indices as in `columns`) are built
-/// as values; the others are checked as JSON and skipped, and handed to `on_row` as
-/// `Value::Null`. Every row must still have every column, once. For a pass that only needs a
-/// few columns (or none: hash, row count and syntax), this saves building every value.
+/// [`read_rows`], and every value is checked against its column's kind (`kinds`, as in
+/// `columns`): what the loader could not turn into a field PostgreSQL reads back (an object in
+/// an integer column, `1e3` for an int4, a text with a NUL, bytea that is not base64) is an
+/// error naming the row and column, here, instead of a failed batch later.
+pub fn read_rows_checked(
+    path: &Path,
+    columns: &[String],
+    kinds: &[ColumnKind],
+    on_row: impl FnMut(u64, &[Value]) -> Result<()>,
+) -> Result<FileRead> {
+    assert_eq!(kinds.len(), columns.len(), "one kind per column");
+    read_rows_with(path, columns, None, Some(kinds), on_row)
+}
+
+/// [`read_rows_checked`], but only the columns marked in `keep` (indices as in `columns`) are
+/// built as values; the others are checked (JSON and kind) and skipped, and handed to `on_row`
+/// as `Value::Null`. Every row must still have every column, once. For a pass that only needs
+/// a few columns (or none: hash, row count, syntax and kinds), this saves building every value.
 pub fn read_rows_keeping(
     path: &Path,
     columns: &[String],
+    kinds: &[ColumnKind],
     keep: &[bool],
     on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
     assert_eq!(keep.len(), columns.len(), "one keep flag per column");
-    read_rows_with(path, columns, Some(keep), on_row)
+    assert_eq!(kinds.len(), columns.len(), "one kind per column");
+    read_rows_with(path, columns, Some(keep), Some(kinds), on_row)
 }
 
 fn read_rows_with(
     path: &Path,
     columns: &[String],
     keep: Option<&[bool]>,
+    kinds: Option<&[ColumnKind]>,
     mut on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
     let index: HashMap<&str, usize> = columns
@@ -72,6 +90,7 @@ fn read_rows_with(
     let shape = Shape {
         columns,
         keep,
+        kinds,
         index: &index,
     };
     let gz = path.extension().is_some_and(|e| e == "gz");
@@ -125,7 +144,12 @@ fn read_rows_with(
 }
 
 fn open(path: &Path) -> Result<HashingReader<File>> {
-    let file = File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+    let file = File::open(path).with_context(|| {
+        format!(
+            "could not open {}, a file metadata.json lists (next step: run fmig export again)",
+            path.display()
+        )
+    })?;
     HashingReader::new(file).context("could not start the hashing thread")
 }
 
@@ -145,6 +169,8 @@ fn finish(path: &Path, mut hashing: HashingReader<File>, rows: u64) -> Result<Fi
 struct Shape<'a> {
     columns: &'a [String],
     keep: Option<&'a [bool]>,
+    /// When given, every value is checked against its column's kind.
+    kinds: Option<&'a [ColumnKind]>,
     index: &'a HashMap<&'a str, usize>,
 }
 
@@ -331,11 +357,28 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     self.number, columns[i]
                 )));
             }
-            self.row[i] = Some(if self.shape.keep.is_none_or(|keep| keep[i]) {
-                map.next_value()?
-            } else {
-                map.next_value::<de::IgnoredAny>()?;
-                Value::Null
+            let check = self.shape.kinds.map(|kinds| KindCheck {
+                kind: &kinds[i],
+                nested: None,
+                row: self.number,
+                column: &columns[i],
+            });
+            self.row[i] = Some(match check {
+                _ if self.shape.keep.is_none_or(|keep| keep[i]) => {
+                    let value: Value = map.next_value()?;
+                    if let Some(check) = check {
+                        check.deserialize(&value).map_err(de::Error::custom)?;
+                    }
+                    value
+                }
+                Some(check) => {
+                    map.next_value_seed(check)?;
+                    Value::Null
+                }
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    Value::Null
+                }
             });
         }
         if let Some(missing) = self.row.iter().position(Option::is_none) {
@@ -385,6 +428,219 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
                 self.number
             ))
         })
+    }
+}
+
+/// Checks one value against its column's kind without building it: the JSON an export writes
+/// for that kind (see `codec`), in a form the loader turns into a field PostgreSQL reads. What
+/// only the server can judge (a numeric's precision, a date's calendar) is left to it. Messages
+/// name the row and column but never the value, which may be personal data.
+#[derive(Clone, Copy)]
+struct KindCheck<'a> {
+    kind: &'a ColumnKind,
+    /// Inside an array of this kind: a nested array is a further dimension of it.
+    nested: Option<&'a ColumnKind>,
+    row: u64,
+    column: &'a str,
+}
+
+impl KindCheck<'_> {
+    fn refuse<E: de::Error>(&self, found: &str) -> E {
+        let expected = match self.kind {
+            ColumnKind::Bool => "true or false",
+            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => "an integer",
+            ColumnKind::Float4 | ColumnKind::Float8 => {
+                "a number (or \"NaN\", \"Infinity\", \"-Infinity\")"
+            }
+            ColumnKind::Numeric => "a number, as a string",
+            ColumnKind::Bytea => "base64 text",
+            ColumnKind::Array(_) => "an array",
+            ColumnKind::Json | ColumnKind::Jsonb => "JSON",
+            _ => "a string",
+        };
+        E::custom(format_args!(
+            "row {}, column {} ({}{}): expected {expected}, found {found}",
+            self.row,
+            self.column,
+            self.kind.name(),
+            if self.nested.is_some() {
+                " in an array"
+            } else {
+                ""
+            },
+        ))
+    }
+
+    fn integer<E: de::Error>(&self, fits: bool) -> Result<(), E> {
+        match self.kind {
+            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 if !fits => {
+                Err(self.refuse(&format!("an integer out of the {} range", self.kind.name())))
+            }
+            ColumnKind::Int2
+            | ColumnKind::Int4
+            | ColumnKind::Int8
+            | ColumnKind::Float4
+            | ColumnKind::Float8
+            | ColumnKind::Numeric
+            | ColumnKind::Json
+            | ColumnKind::Jsonb => Ok(()),
+            _ => Err(self.refuse("a number")),
+        }
+    }
+
+    /// A number that is not a 64-bit integer: a fraction, an exponent, or more digits.
+    fn other_number<E: de::Error>(&self, text: &str) -> Result<(), E> {
+        match self.kind {
+            ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => {
+                if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                    self.integer(false)
+                } else if text.contains(['e', 'E']) {
+                    Err(self.refuse("a number in scientific notation"))
+                } else {
+                    Err(self.refuse("a number with a fraction"))
+                }
+            }
+            _ => self.integer(true),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KindCheck<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KindCheck<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "a value for the {} column {}",
+            self.kind.name(),
+            self.column
+        )
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        match self.kind {
+            ColumnKind::Bool | ColumnKind::Json | ColumnKind::Jsonb => Ok(()),
+            _ => Err(self.refuse("true or false")),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.integer(match self.kind {
+            ColumnKind::Int2 => i16::try_from(v).is_ok(),
+            ColumnKind::Int4 => i32::try_from(v).is_ok(),
+            _ => true,
+        })
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.integer(match self.kind {
+            ColumnKind::Int2 => i16::try_from(v).is_ok(),
+            ColumnKind::Int4 => i32::try_from(v).is_ok(),
+            _ => i64::try_from(v).is_ok(),
+        })
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+        self.integer(false)
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+        self.integer(false)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.other_number(&format!("{v:?}"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        match self.kind {
+            ColumnKind::Json | ColumnKind::Jsonb => Ok(()),
+            ColumnKind::Bool | ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => {
+                Err(self.refuse("a string"))
+            }
+            ColumnKind::Float4 | ColumnKind::Float8
+                if !matches!(v, "NaN" | "Infinity" | "-Infinity") =>
+            {
+                Err(self.refuse("a string other than \"NaN\", \"Infinity\", \"-Infinity\""))
+            }
+            ColumnKind::Array(_) => Err(self.refuse("a string")),
+            ColumnKind::Bytea if !crate::copy_text::is_base64(v) => {
+                Err(self.refuse("a string that is not base64"))
+            }
+            // PostgreSQL's text types cannot hold the character 0.
+            _ if v.contains('\0') => Err(self.refuse("a string with a NUL character (\\u0000)")),
+            _ => Ok(()),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let (element, array) = match (self.nested, self.kind) {
+            (_, ColumnKind::Json | ColumnKind::Jsonb) => {
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                return Ok(());
+            }
+            // A further dimension of the array this value is an element of.
+            (Some(array @ ColumnKind::Array(element)), _) => (&**element, array),
+            (None, array @ ColumnKind::Array(element)) => (&**element, array),
+            _ => return Err(self.refuse("an array")),
+        };
+        let check = KindCheck {
+            kind: element,
+            nested: Some(array),
+            ..self
+        };
+        // Elements of a json array are whole documents, not further dimensions.
+        let check = if matches!(element, ColumnKind::Json | ColumnKind::Jsonb) {
+            KindCheck {
+                nested: None,
+                ..check
+            }
+        } else {
+            check
+        };
+        while seq.next_element_seed(check)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // serde_json (arbitrary_precision) hands a number that is not a 64-bit integer over
+        // as a one-entry map from its private token to the number's text.
+        let Some(key) = map.next_key::<std::borrow::Cow<str>>()? else {
+            return match self.kind {
+                ColumnKind::Json | ColumnKind::Jsonb => Ok(()),
+                _ => Err(self.refuse("an object")),
+            };
+        };
+        if key == "$serde_json::private::Number" {
+            let text: std::borrow::Cow<str> = map.next_value()?;
+            return self.other_number(&text);
+        }
+        match self.kind {
+            ColumnKind::Json | ColumnKind::Jsonb => {
+                map.next_value::<de::IgnoredAny>()?;
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(())
+            }
+            _ => Err(self.refuse("an object")),
+        }
     }
 }
 
@@ -537,7 +793,14 @@ mod tests {
             Ok(())
         };
         let read = match keep {
-            Some(keep) => read_rows_keeping(&path, &columns, keep, on_row),
+            // Json kinds accept every value: these tests are about layouts.
+            Some(keep) => read_rows_keeping(
+                &path,
+                &columns,
+                &[ColumnKind::Json, ColumnKind::Json],
+                keep,
+                on_row,
+            ),
             None => read_rows(&path, &columns, on_row),
         }
         .map_err(|e| anyhow!("{e:#}"))?;
@@ -561,6 +824,7 @@ mod tests {
         let shape = Shape {
             columns: &columns,
             keep: None,
+            kinds: None,
             index: &index,
         };
         let lines = |text: &str| {
@@ -629,6 +893,100 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 3 column"), "{err}");
+    }
+
+    #[test]
+    fn values_are_checked_against_their_kinds_with_row_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let columns: Vec<String> = ["i", "f", "b", "t", "y", "a", "j"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let kinds = [
+            ColumnKind::Int2,
+            ColumnKind::Float8,
+            ColumnKind::Bool,
+            ColumnKind::Text,
+            ColumnKind::Bytea,
+            ColumnKind::Array(Box::new(ColumnKind::Int4)),
+            ColumnKind::Jsonb,
+        ];
+        let row = |values: &str| {
+            format!(
+                "[\n{{\"i\":1,\"f\":1.5,\"b\":true,\"t\":\"x\",\"y\":\"AP9B\",\"a\":[[1,null],[2,3]],\"j\":{{\"k\":[1e400,\"\\u0000\"]}}}},\n{values}\n]\n"
+            )
+        };
+        let good = r#"{"i":-32768,"f":"NaN","b":null,"t":"a\tb","y":"","a":[],"j":"s"}"#;
+        for keep in [None, Some([true; 7]), Some([false; 7])] {
+            std::fs::write(&path, row(good)).unwrap();
+            let read = match keep {
+                None => read_rows_checked(&path, &columns, &kinds, |_, _| Ok(())),
+                Some(keep) => read_rows_keeping(&path, &columns, &kinds, &keep, |_, _| Ok(())),
+            };
+            assert_eq!(read.unwrap().rows, 2);
+        }
+        for (bad, found) in [
+            (
+                r#""i":{"dbm":-70}"#,
+                "column i (int2): expected an integer, found an object",
+            ),
+            (
+                r#""i":1e3"#,
+                "column i (int2): expected an integer, found a number in scientific notation",
+            ),
+            (r#""i":1.5"#, "found a number with a fraction"),
+            (r#""i":40000"#, "found an integer out of the int2 range"),
+            (r#""i":"1""#, "found a string"),
+            (r#""f":"fast""#, "column f (float8)"),
+            (
+                r#""b":1"#,
+                "column b (bool): expected true or false, found a number",
+            ),
+            (r#""t":"a\u0000b""#, "found a string with a NUL character"),
+            (
+                r#""t":["x"]"#,
+                "column t (text): expected a string, found an array",
+            ),
+            (r#""y":"not base64!""#, "found a string that is not base64"),
+            (
+                r#""a":[1,"2"]"#,
+                "column a (int4 in an array): expected an integer, found a string",
+            ),
+            (r#""a":[[1],[{}]]"#, "found an object"),
+        ] {
+            let (key, _) = bad.split_once(':').unwrap();
+            let values = good.replacen(
+                &format!(
+                    "{key}:{}",
+                    good.split(&format!("{key}:"))
+                        .nth(1)
+                        .unwrap()
+                        .split([',', '}'])
+                        .next()
+                        .unwrap()
+                ),
+                bad,
+                1,
+            );
+            assert_ne!(values, good, "{bad}");
+            std::fs::write(&path, row(&values)).unwrap();
+            for keep in [[false; 7], [true; 7]] {
+                let err = read_rows_keeping(&path, &columns, &kinds, &keep, |_, _| Ok(()))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("t.json, line 3 column"), "{bad}: {err}");
+                assert!(err.contains("row 2, "), "{bad}: {err}");
+                assert!(err.contains(found), "{bad} (keep {}): {err}", keep[0]);
+            }
+        }
+        // Without kinds nothing is checked but the shape.
+        std::fs::write(
+            &path,
+            row(r#"{"i":"x","f":1,"b":1,"t":1,"y":1,"a":1,"j":1}"#),
+        )
+        .unwrap();
+        assert!(read_rows(&path, &columns, |_, _| Ok(())).is_ok());
     }
 
     #[test]

@@ -102,6 +102,34 @@ impl Metadata {
     }
 }
 
+impl FileEntry {
+    /// Checks a file read whole against what the export recorded for it: SHA-256, size and
+    /// row count. A difference means the file was changed or replaced after the export.
+    pub fn check_read(&self, path: &Path, read: &crate::json_rows::FileRead) -> Result<()> {
+        if read.sha256 != self.sha256 || read.bytes != self.bytes {
+            bail!(
+                "{} does not match metadata.json (SHA-256 {} vs {}, {} vs {} bytes): the file was \
+                 changed after the export.\n  next step: run fmig export again",
+                path.display(),
+                read.sha256,
+                self.sha256,
+                read.bytes,
+                self.bytes
+            );
+        }
+        if read.rows != self.rows {
+            bail!(
+                "{} has {} rows but metadata.json says {}: the file or metadata.json was changed \
+                 after the export.\n  next step: run fmig export again",
+                path.display(),
+                read.rows,
+                self.rows
+            );
+        }
+        Ok(())
+    }
+}
+
 impl ColumnEntry {
     /// The JSON kind recorded in `json`, or `None` for a label this fmig does not know.
     pub fn kind(&self) -> Option<ColumnKind> {

@@ -134,6 +134,7 @@ impl UserMapping {
             )
         })?;
         let mut seen = HashMap::new();
+        let mut targets: HashMap<String, usize> = HashMap::new();
         for (i, entry) in mapping.mappings.iter().enumerate() {
             for (field, id) in [
                 ("supabaseUserId", &entry.supabase_user_id),
@@ -152,6 +153,20 @@ impl UserMapping {
                     "{}: Supabase user {} is mapped twice (entries {} and {})",
                     path.display(),
                     entry.supabase_user_id,
+                    other + 1,
+                    i + 1
+                );
+            }
+            // Two old users rewritten to one new id would merge their data for good.
+            if let Some(other) = targets.insert(entry.stack_auth_user_id.to_lowercase(), i) {
+                bail!(
+                    "{}: Supabase users {} and {} are mapped to the same Stack Auth user {} \
+                     (entries {} and {}); importing would merge their data.\n  next step: \
+                     correct the file, or run fmig migrate-users again to rebuild it",
+                    path.display(),
+                    mapping.mappings[other].supabase_user_id,
+                    entry.supabase_user_id,
+                    entry.stack_auth_user_id,
                     other + 1,
                     i + 1
                 );
@@ -480,6 +495,25 @@ mod tests {
             err.contains("mapping 1 has stackAuthUserId \"not-a-uuid\", which is not a UUID"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn two_users_mapped_to_one_stack_auth_user_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &path,
+            r#"{"generatedAt":"2026-04-20T00:00:00.000Z","retainUntil":"2026-07-19T00:00:00.000Z","mappings":[
+              {"supabaseUserId":"aaaaaaaa-0000-4000-8000-000000000001","stackAuthUserId":"bbbbbbbb-0000-4000-8000-000000000001","email":null,"migratedAt":"2026-04-20T00:00:00.000Z"},
+              {"supabaseUserId":"aaaaaaaa-0000-4000-8000-000000000002","stackAuthUserId":"BBBBBBBB-0000-4000-8000-000000000001","email":null,"migratedAt":"2026-04-20T00:00:00.000Z"}]}"#,
+        )
+        .unwrap();
+        let err = format!("{:#}", UserMapping::load(&path).unwrap_err());
+        assert!(
+            err.contains("aaaaaaaa-0000-4000-8000-000000000001 and aaaaaaaa-0000-4000-8000-000000000002 are mapped to the same Stack Auth user"),
+            "{err}"
+        );
+        assert!(err.contains("(entries 1 and 2)"), "{err}");
     }
 
     #[test]

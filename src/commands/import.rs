@@ -39,12 +39,16 @@ use crate::column_map::{ColumnMap, ColumnValue, TableMap, Unwritten};
 use crate::connect;
 use crate::copy_text;
 use crate::ident::{QualifiedName, quote_ident, quote_literal};
-use crate::json_rows::{self, FileRead};
+use crate::json_rows;
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::user_mapping::UserMapping;
+
+/// How a failed check before the load begins: the operator's first question is whether the
+/// target was touched.
+const NOTHING_WRITTEN: &str = "import checks every file before writing; nothing was written";
 
 /// Where checkpoints live in the target.
 const CHECKPOINT_TABLE: &str = "fmig.import_progress";
@@ -104,6 +108,9 @@ pub async fn run(args: &ImportArgs) -> Result<Outcome> {
     column_map
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
+    // A `set` expression the target rejects would otherwise stop the load at its table, after
+    // the tables before it were written: each is prepared now (never run), as plan does.
+    check_expressions(&column_map, &source, &target, &mut client).await?;
 
     // 1. Plans, in the target's dependency order.
     let mut plans = Vec::new();
@@ -265,6 +272,32 @@ pub async fn run(args: &ImportArgs) -> Result<Outcome> {
     } else {
         Ok(Outcome::ProblemsFound)
     }
+}
+
+/// [`ColumnMap::check_expressions`] in a read-only transaction of the target, before anything
+/// is written (also used by verify).
+pub async fn check_expressions(
+    column_map: &ColumnMap,
+    source: &Discovered,
+    target: &Discovered,
+    client: &mut Client,
+) -> Result<()> {
+    let mut tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .context("could not open a read-only transaction on the target")?;
+    let checked = column_map
+        .check_expressions(manifest::builtin(), source, target, &mut tx)
+        .await;
+    tx.rollback().await?;
+    checked.map_err(|e| {
+        anyhow!(
+            "{e:#}\n  Nothing was written. next step: correct the expression in the mapping file \
+             (fmig plan checks it the same way)"
+        )
+    })
 }
 
 /// The source's shape as `metadata.json` records it, in the form the column mapping expects.
@@ -489,7 +522,7 @@ fn check_files(
                 keep[c] = true;
             }
         }
-        let read = json_rows::read_rows_keeping(&path, &plan.columns, &keep, |i, values| {
+        json_rows::read_rows_keeping(&path, &plan.columns, &plan.kinds, &keep, |i, values| {
             if let Some(map) = user_map {
                 for &(c, _) in &plan.user_ids {
                     if let Value::String(id) = &values[c]
@@ -507,34 +540,12 @@ fn check_files(
                 bar.set_position(i);
             }
             Ok(())
-        })?;
+        })
+        .and_then(|read| plan.entry.check_read(&path, &read))
+        .context(NOTHING_WRITTEN)?;
         bar.finish_and_clear();
-        check_against_metadata(&path, &read, &plan.entry)?;
     }
     Ok(unmapped)
-}
-
-fn check_against_metadata(path: &Path, read: &FileRead, entry: &FileEntry) -> Result<()> {
-    if read.sha256 != entry.sha256 || read.bytes != entry.bytes {
-        bail!(
-            "{} does not match metadata.json (SHA-256 {} vs {}, {} vs {} bytes): the file was \
-             changed after the export. Nothing was written.\n  next step: run fmig export again",
-            path.display(),
-            read.sha256,
-            entry.sha256,
-            read.bytes,
-            entry.bytes
-        );
-    }
-    if read.rows != entry.rows {
-        bail!(
-            "{} has {} rows but metadata.json says {}. Nothing was written.",
-            path.display(),
-            read.rows,
-            entry.rows
-        );
-    }
-    Ok(())
 }
 
 /// Reports user ids without a mapping per column (a short table on the console; every id in the

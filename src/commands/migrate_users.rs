@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::Outcome;
 use crate::cli::{BannedPolicy, MigrateUsersArgs};
 use crate::files;
-use crate::metadata;
+use crate::metadata::{self, FileEntry, Metadata};
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::stack_auth::{
@@ -224,7 +224,22 @@ pub struct PlanOptions {
 pub async fn run(args: &MigrateUsersArgs) -> Result<Outcome> {
     let started = Instant::now();
     let input = input_path(args)?;
+    let recorded = recorded_entry(args, &input)?;
+    let hashed = match &recorded {
+        Some(_) => Some(files::sha256_file(&input)?),
+        None => None,
+    };
     let users = read_users(&input)?;
+    if let (Some(entry), Some((bytes, sha256))) = (&recorded, hashed) {
+        let read = crate::json_rows::FileRead {
+            rows: users.len() as u64,
+            bytes,
+            sha256,
+        };
+        entry
+            .check_read(&input, &read)
+            .context("migrate-users checks the users file first; nothing was sent to Stack Auth")?;
+    }
     let options = PlanOptions {
         oauth_providers: args
             .oauth_providers
@@ -378,6 +393,20 @@ fn input_path(args: &MigrateUsersArgs) -> Result<PathBuf> {
         return Ok(gz);
     }
     Ok(plain)
+}
+
+/// What the export's `metadata.json` recorded for the users file, when the file is the one of
+/// an export directory that has it: a file edited after the export (an e-mail or a password
+/// hash changed by hand) is then refused, not migrated. A file given with `--input`, or a
+/// directory without `metadata.json`, is taken as it is.
+fn recorded_entry(args: &MigrateUsersArgs, input: &Path) -> Result<Option<FileEntry>> {
+    if args.input.is_some() || !args.export_dir.join(metadata::FILE_NAME).exists() {
+        return Ok(None);
+    }
+    let metadata = Metadata::load(&args.export_dir)?;
+    Ok(metadata
+        .auth_users
+        .filter(|entry| input.file_name().is_some_and(|name| *name == *entry.file)))
 }
 
 /// Reads the export's JSON array of users.

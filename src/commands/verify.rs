@@ -188,6 +188,8 @@ enum SourceSide {
     /// The export file into a staging table on the target, read back transformed.
     File {
         path: std::path::PathBuf,
+        /// What the export recorded for the file; checked when it has been read.
+        entry: Box<FileEntry>,
         rows: u64,
         columns: Vec<String>,
         kinds: Vec<ColumnKind>,
@@ -238,11 +240,12 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             (None, import::source_catalog(&metadata), Some(metadata))
         }
     };
-    let target_client = connect::connect(&target_url, &options).await?;
+    let mut target_client = connect::connect(&target_url, &options).await?;
     let target = catalog::discover(&target_client, APP_SCHEMA).await?;
     column_map
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
+    import::check_expressions(&column_map, &source, &target, &mut target_client).await?;
 
     let mut plans = Vec::new();
     let mut reports = Vec::new();
@@ -974,6 +977,7 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
     let select = staged_select(&plan.map, &plan.casts, &stage);
     Ok(SourceSide::File {
         path: dir.join(&entry.file),
+        entry: Box::new(entry.clone()),
         rows: entry.rows,
         columns: entry.columns.iter().map(|c| c.name.clone()).collect(),
         kinds,
@@ -1004,6 +1008,7 @@ async fn from_file(
 ) -> Result<()> {
     let SourceSide::File {
         path,
+        entry,
         columns,
         kinds,
         create,
@@ -1028,8 +1033,9 @@ async fn from_file(
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (path, columns, kinds, user_ids) = (
+        let (path, entry, columns, kinds, user_ids) = (
             path.clone(),
+            entry.clone(),
             columns.clone(),
             kinds.clone(),
             user_ids.clone(),
@@ -1038,34 +1044,38 @@ async fn from_file(
             let mut batch = Vec::with_capacity(1 << 20);
             let mut rows = 0usize;
             let mut row: Vec<serde_json::Value> = Vec::with_capacity(columns.len());
-            crate::json_rows::read_rows(&path, &columns, |i, values| {
-                row.clear();
-                row.extend_from_slice(values);
-                for &c in &user_ids {
-                    if let serde_json::Value::String(old) = &row[c] {
-                        row[c] = match user_map.rewrite(old) {
-                            Some(new) => serde_json::Value::String(new),
-                            None => serde_json::Value::Null,
-                        };
+            let read =
+                crate::json_rows::read_rows_checked(&path, &columns, &kinds, |i, values| {
+                    row.clear();
+                    row.extend_from_slice(values);
+                    for &c in &user_ids {
+                        if let serde_json::Value::String(old) = &row[c] {
+                            row[c] = match user_map.rewrite(old) {
+                                Some(new) => serde_json::Value::String(new),
+                                None => serde_json::Value::Null,
+                            };
+                        }
                     }
-                }
-                for (n, value) in row.iter().enumerate() {
-                    if n > 0 {
-                        batch.push(b'\t');
+                    for (n, value) in row.iter().enumerate() {
+                        if n > 0 {
+                            batch.push(b'\t');
+                        }
+                        crate::copy_text::write_field(&mut batch, &kinds[n], value)
+                            .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
                     }
-                    crate::copy_text::write_field(&mut batch, &kinds[n], value)
-                        .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
-                }
-                batch.push(b'\n');
-                rows += 1;
-                if rows == STAGE_BATCH_ROWS {
-                    rows = 0;
-                    if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
-                        bail!("verify stopped");
+                    batch.push(b'\n');
+                    rows += 1;
+                    if rows == STAGE_BATCH_ROWS {
+                        rows = 0;
+                        if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                            bail!("verify stopped");
+                        }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                })?;
+            // A file changed after the export is not the export: its differences would be
+            // blamed on the target. Checked before the last batch is compared.
+            entry.check_read(&path, &read)?;
             if rows > 0 {
                 let _ = sender.blocking_send(batch);
             }
