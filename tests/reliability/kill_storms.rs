@@ -98,42 +98,123 @@ impl Rng {
     }
 }
 
-/// One moment in each twentieth of a run, as fractions of it, in order.
-fn fractions(seed: u64) -> Vec<f64> {
-    let mut rng = Rng::new(seed);
-    (0..KILLS)
-        .map(|i| (i as f64 + rng.unit()) / KILLS as f64)
-        .collect()
+/// Progress of a command that resumes, as something watched from outside: (rows committed,
+/// tables with a checkpoint) for an import, (users in Stack Auth, 0) for migrate-users. Both
+/// parts only grow.
+type Progress = (u64, u64);
+
+/// An uninterrupted run: its duration, its progress sampled every few milliseconds while it
+/// ran, and when each of its phases began (as observed in the samples).
+struct Reference {
+    total: Duration,
+    samples: Vec<(Duration, Progress)>,
+    phases: Vec<(String, Duration)>,
 }
 
-/// When to kill each run of a command that resumes: `total` is an uninterrupted run, the first
-/// `startup` of which every run repeats. A moment inside the start-up is used as it is; a moment
-/// past it means "this far into the work": the run is killed after its start-up plus the part
-/// of the work between the previous such moment and this one (the earlier kills did the rest).
-fn resumable_delays(fractions: &[f64], total: Duration, startup: Duration) -> Vec<Duration> {
-    let mut reached = startup;
-    fractions
-        .iter()
-        .map(|f| {
-            let at = total.mul_f64(*f);
-            if at <= startup {
-                at
-            } else {
-                let gap = at.saturating_sub(reached);
-                reached = reached.max(at);
-                startup + gap
+/// When to kill one run.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// This long after the start: before the uninterrupted run had got anything done (connect,
+    /// check pass, reconcile), which every run repeats.
+    After(Duration),
+    /// As soon as the run has got as far as the uninterrupted run had at that moment, and
+    /// further than it started: that point of the work, whatever the earlier kills did.
+    Reached(Progress),
+}
+
+impl Reference {
+    /// Builds the reference from samples of some state, with `progress` and `phase` of each.
+    fn new<S>(
+        total: Duration,
+        samples: Vec<(Duration, S)>,
+        progress: impl Fn(&S) -> Progress,
+        phase: impl Fn(&S) -> String,
+    ) -> Reference {
+        let mut phases: Vec<(String, Duration)> = Vec::new();
+        for (t, state) in &samples {
+            let name = phase(state);
+            if phases.last().is_none_or(|(last, _)| *last != name) {
+                phases.push((
+                    name,
+                    if phases.is_empty() {
+                        Duration::ZERO
+                    } else {
+                        *t
+                    },
+                ));
             }
-        })
-        .collect()
+        }
+        Reference {
+            total,
+            samples: samples.iter().map(|(t, st)| (*t, progress(st))).collect(),
+            phases,
+        }
+    }
+
+    /// The kill times, in order: one at a seeded random time within each phase, so that every
+    /// phase gets one however short it is, and the others one in each equal slice of the run.
+    fn times(&self, seed: u64) -> Vec<Duration> {
+        let mut rng = Rng::new(seed);
+        let mut times = Vec::new();
+        for (i, (_, start)) in self.phases.iter().enumerate() {
+            let end = self.phases.get(i + 1).map_or(self.total, |(_, t)| *t);
+            times.push(*start + end.saturating_sub(*start).mul_f64(rng.unit()));
+        }
+        let rest = KILLS.saturating_sub(times.len());
+        for i in 0..rest {
+            times.push(self.total.mul_f64((i as f64 + rng.unit()) / rest as f64));
+        }
+        times.truncate(KILLS);
+        times.sort();
+        times
+    }
+
+    /// The kill moment for a resumed run of the time `at` of the uninterrupted one.
+    fn moment(&self, at: Duration) -> Moment {
+        let progress = self
+            .samples
+            .iter()
+            .take_while(|(t, _)| *t <= at)
+            .last()
+            .map_or((0, 0), |(_, p)| *p);
+        if progress == (0, 0) {
+            Moment::After(at)
+        } else {
+            Moment::Reached(progress)
+        }
+    }
+
+    /// "start-up 0.4s, level 0 0.1s, ...": the phases and how long each lasted.
+    fn describe_phases(&self) -> String {
+        self.phases
+            .iter()
+            .enumerate()
+            .map(|(i, (name, start))| {
+                let end = self.phases.get(i + 1).map_or(self.total, |(_, t)| *t);
+                format!("{name} {:.2}s", end.saturating_sub(*start).as_secs_f64())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Moment {
+    fn describe(&self) -> String {
+        match self {
+            Moment::After(at) => format!("{:.2}s after the start", at.as_secs_f64()),
+            Moment::Reached((a, b)) => format!("at progress {a}/{b}"),
+        }
+    }
 }
 
 /// How a run ended.
 struct Ran {
-    /// Killed by us (still running at its moment).
+    /// Killed by us (still running at its moment, or hung).
     killed: bool,
     /// Exit code when it ended by itself (-1 when killed or ended by another signal).
     code: i32,
     stderr: String,
+    took: Duration,
 }
 
 impl Ran {
@@ -144,44 +225,97 @@ impl Ran {
             lines[lines.len().saturating_sub(6)..].join(" / ")
         };
         if self.killed {
-            format!("hung (killed after {}s): {tail}", HANG.as_secs())
+            format!("killed after {:.1}s: {tail}", self.took.as_secs_f64())
         } else {
             format!("exited {}: {tail}", self.code)
         }
     }
 }
 
-/// Runs `cmd` and kills it with SIGKILL at `at` unless it ended before. stdout and stderr go to
-/// files in `logs` (a pipe nobody reads could block fmig).
-fn run_until(mut cmd: Command, at: Duration, logs: &Path, label: &str) -> Ran {
+/// Runs `cmd`, asking `kill_now` (with the time since the start) every few milliseconds, and
+/// kills it with SIGKILL when it says so (or after [`HANG`]) unless it ended before. stdout and
+/// stderr go to files in `logs` (a pipe nobody reads could block fmig).
+fn run_watching(
+    mut cmd: Command,
+    logs: &Path,
+    label: &str,
+    mut kill_now: impl FnMut(Duration) -> bool,
+) -> Ran {
     let err_path = logs.join(format!("{label}.stderr"));
     cmd.stdin(Stdio::null())
         .stdout(File::create(logs.join(format!("{label}.stdout"))).expect("stdout file"))
         .stderr(File::create(&err_path).expect("stderr file"));
+    let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn fmig");
-    let deadline = Instant::now() + at;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
-        let now = Instant::now();
-        if now >= deadline {
+        let elapsed = started.elapsed();
+        if elapsed >= HANG || kill_now(elapsed) {
             child.kill().expect("SIGKILL");
             break child.wait().expect("reap fmig");
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+        std::thread::sleep(Duration::from_millis(2));
     };
     Ran {
         // It may have exited between the last look and the kill: then it was not killed.
         killed: status.signal() == Some(libc::SIGKILL),
         code: status.code().unwrap_or(-1),
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        took: started.elapsed(),
     }
+}
+
+/// Runs `cmd` and kills it at `at` unless it ended before.
+fn run_until(cmd: Command, at: Duration, logs: &Path, label: &str) -> Ran {
+    run_watching(cmd, logs, label, |elapsed| elapsed >= at)
+}
+
+/// Runs `cmd` and kills it at `moment`, judged by `progress`; a moment of progress is taken
+/// `jitter` after it is seen.
+fn run_to_moment(
+    cmd: Command,
+    moment: Moment,
+    jitter: Duration,
+    logs: &Path,
+    label: &str,
+    progress: impl Fn() -> Progress,
+) -> Ran {
+    let start = progress();
+    let mut seen: Option<Duration> = None;
+    run_watching(cmd, logs, label, |elapsed| match moment {
+        Moment::After(at) => elapsed >= at,
+        Moment::Reached(target) => {
+            if seen.is_none() {
+                let now = progress();
+                if now != start && now.0 >= target.0 && now.1 >= target.1 {
+                    seen = Some(elapsed);
+                }
+            }
+            seen.is_some_and(|at| elapsed >= at + jitter)
+        }
+    })
+}
+
+/// Runs `cmd` to its end, sampling `state` all along: the reference run.
+fn run_sampled<S>(
+    cmd: Command,
+    logs: &Path,
+    label: &str,
+    state: impl Fn() -> S,
+) -> (Ran, Vec<(Duration, S)>) {
+    let mut samples = Vec::new();
+    let ran = run_watching(cmd, logs, label, |elapsed| {
+        samples.push((elapsed, state()));
+        false
+    });
+    (ran, samples)
 }
 
 /// Runs `cmd` to its end (a hang is killed after [`HANG`]).
 fn run_to_end(cmd: Command, logs: &Path, label: &str) -> Ran {
-    run_until(cmd, HANG, logs, label)
+    run_watching(cmd, logs, label, |_| false)
 }
 
 /// A run that ends by itself must end well, and without a panic.
@@ -280,11 +414,134 @@ fn import_state(setup: &Setup, db: &str) -> BTreeMap<String, (u64, u64, bool)> {
     state
 }
 
+/// Transactions rolled back in `db` so far (a killed client's open transaction is one).
+fn rollbacks(setup: &Setup, db: &str) -> u64 {
+    setup
+        .cluster
+        .psql(
+            db,
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .trim()
+        .parse()
+        .expect("xact_rollback")
+}
+
+/// Waits until no other client session is connected to `db` (a killed client's backend
+/// notices the closed socket, rolls back and exits), at most a minute.
+fn wait_for_no_sessions(setup: &Setup, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup
+        .cluster
+        .psql(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+             AND application_name <> 'fmig-kill-storm-watcher'",
+        )
+        .trim()
+        != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a killed fmig's session is still open after a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The import's checkpoints as `table=rows,...`, `-` before the checkpoint table exists. One
+/// query that neither fails nor counts as a rollback without the table.
+const CHECKPOINTS_SQL: &str = "SELECT CASE WHEN to_regclass('fmig.import_progress') IS NULL THEN '-' \
+     ELSE coalesce((xpath('/row/s/text()', query_to_xml('SELECT string_agg(table_name || ''='' \
+       || rows_committed, '','') AS s FROM fmig.import_progress', false, true, '')))[1]::text, '') END";
+
+/// The application name of [`Watcher`]'s session, which [`wait_for_no_sessions`] ignores.
+const WATCHER: &str = "fmig-kill-storm-watcher";
+
+/// A session that watches an import's checkpoints, a few milliseconds a look (a psql process
+/// takes tens).
+struct Watcher {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Watcher {
+    fn connect(setup: &Setup, db: &str) -> Watcher {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("watcher runtime");
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::Config::new()
+                .host("127.0.0.1")
+                .port(setup.cluster.port())
+                .user("postgres")
+                .password(crate::support::cluster::Cluster::PASSWORD)
+                .dbname(db)
+                .application_name(WATCHER)
+                .connect(tokio_postgres::NoTls)
+                .await
+                .expect("watcher connection");
+            tokio::spawn(connection);
+            client
+        });
+        Watcher { runtime, client }
+    }
+
+    /// Rows committed per table; `None` before the load began (no checkpoint table yet).
+    fn checkpoints(&self) -> Option<BTreeMap<String, u64>> {
+        let text: String = self.runtime.block_on(async {
+            self.client
+                .query_one(CHECKPOINTS_SQL, &[])
+                .await
+                .expect("watch the checkpoints")
+                .get(0)
+        });
+        if text == "-" {
+            return None;
+        }
+        Some(
+            text.split(',')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (table, rows) = p.split_once('=').expect("table=rows");
+                    (table.to_string(), rows.parse().expect("rows"))
+                })
+                .collect(),
+        )
+    }
+
+    fn progress(&self) -> Progress {
+        checkpoint_progress(&self.checkpoints())
+    }
+}
+
+/// (rows committed, tables with a checkpoint).
+fn checkpoint_progress(checkpoints: &Option<BTreeMap<String, u64>>) -> Progress {
+    checkpoints
+        .as_ref()
+        .map_or((0, 0), |c| (c.values().sum(), c.len() as u64))
+}
+
+/// The lowest foreign-key level with a table not loaded completely: the level being copied.
+fn level_in_flight(
+    committed: &BTreeMap<String, u64>,
+    tables: &BTreeMap<String, (u64, u64)>,
+) -> Option<u64> {
+    tables
+        .iter()
+        .filter(|(t, (_, rows))| committed.get(*t).copied().unwrap_or(0) < *rows)
+        .map(|(_, (level, _))| *level)
+        .min()
+}
+
 fn import_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        sensor_readings: 120_000,
+        organizations: 5,
+        sensor_readings: 30_000,
         ..SeedConfig::default()
     });
     s.export("out").expect_code(0);
@@ -292,35 +549,65 @@ fn import_storm() -> Outcome {
     let tables = export_tables(&s.work.path().join("out"));
     let total_rows: u64 = tables.values().map(|(_, rows)| rows).sum();
 
-    // The reference, uninterrupted, timed: the dry run is the start-up every run repeats
-    // (connect, read every file once), the real run the whole.
+    let import = |db: &str, extra: &[&str]| {
+        let mut args = vec!["import", "--input-dir", "out", "--unmapped", "null"];
+        args.extend_from_slice(extra);
+        s.work
+            .command(&args, &[("DATABASE_URL", &s.cluster.url(db))])
+    };
+    // The reference: an uninterrupted import into a database of its own, its progress sampled.
     s.cluster.create_database("reference");
     seed::load_target_schema(&s.cluster, "reference");
-    let started = Instant::now();
-    s.import_into("reference", "out", &["--dry-run"])
-        .expect_code(0);
-    let startup = started.elapsed();
-    let started = Instant::now();
-    s.import_into("reference", "out", &[]).expect_code(0);
-    let total = started.elapsed();
+    let watch_reference = Watcher::connect(&s, "reference");
+    let (ran, samples) = run_sampled(import("reference", &[]), logs.path(), "reference", || {
+        watch_reference.checkpoints()
+    });
+    assert!(
+        ran.code == 0 && !ran.killed,
+        "the uninterrupted import failed: {}",
+        ran.describe()
+    );
+    drop(watch_reference);
+    let timeline = Reference::new(
+        ran.took,
+        samples,
+        checkpoint_progress,
+        |state| match state {
+            None => "connect/check pass".into(),
+            Some(committed) => match level_in_flight(committed, &tables) {
+                Some(level) => format!("copy of level {level}"),
+                None => "finish".into(),
+            },
+        },
+    );
     let reference = common::fingerprint(&s.cluster, "reference");
 
-    let import = || {
-        s.work.command(
-            &["import", "--input-dir", "out", "--unmapped", "null"],
-            &[("DATABASE_URL", &s.target_url())],
-        )
-    };
+    let watcher = Watcher::connect(&s, TARGET_DB);
     let mut phases: BTreeMap<String, u32> = BTreeMap::new();
     let mut landed = 0;
     let mut before = import_state(&s, TARGET_DB);
-    for (i, at) in resumable_delays(&fractions(0x1A4F_0001), total, startup)
-        .into_iter()
-        .enumerate()
-    {
-        let ran = run_until(import(), at, logs.path(), &format!("import-{i}"));
+    for (i, at) in timeline.times(0x1A4F_0001).into_iter().enumerate() {
+        let committed = |st: &BTreeMap<String, (u64, u64, bool)>| -> u64 {
+            st.values().map(|(c, _, _)| c).sum()
+        };
+        let moment = timeline.moment(at);
+        let rollbacks_before = rollbacks(&s, TARGET_DB);
+        let ran = run_to_moment(
+            import(TARGET_DB, &[]),
+            moment,
+            Duration::ZERO,
+            logs.path(),
+            &format!("import-{i}"),
+            || watcher.progress(),
+        );
+        // The server ends the killed run's session; its last transaction is then settled.
+        wait_for_no_sessions(&s, TARGET_DB);
+        let rollbacks_after = rollbacks(&s, TARGET_DB);
         let after = import_state(&s, TARGET_DB);
-        let mut result = ended_well(&ran, &format!("run {} (kill planned at {at:?})", i + 1));
+        let mut result = ended_well(
+            &ran,
+            &format!("run {} (kill planned {})", i + 1, moment.describe()),
+        );
         // The promise a resume rests on: what the checkpoint says is what is there.
         for (table, (committed, present, _)) in &after {
             if committed != present && result.is_ok() {
@@ -336,32 +623,49 @@ fn import_storm() -> Outcome {
             "ended before its kill".to_string()
         } else {
             landed += 1;
-            let committed = |st: &BTreeMap<String, (u64, u64, bool)>| -> u64 {
-                st.values().map(|(c, _, _)| c).sum()
-            };
+            // The batch transaction is always open while a table loads, and the run ends
+            // each table's load with an empty ROLLBACK: rollbacks beyond those mean the kill
+            // came in the middle of a batch.
+            let finished_tables = after
+                .iter()
+                .filter(|(t, (c, _, _))| {
+                    let rows = tables.get(*t).map_or(0, |(_, rows)| *rows);
+                    *c == rows && before.get(*t).map_or(0, |b| b.0) < rows
+                })
+                .count() as u64;
+            let in_batch = rollbacks_after - rollbacks_before > finished_tables;
+            // The table in flight: the first one in import order not complete yet.
+            let in_flight = after
+                .iter()
+                .filter(|(t, (c, _, _))| tables.get(*t).is_some_and(|(_, rows)| c < rows))
+                .filter_map(|(t, _)| tables.get(t).map(|(level, _)| *level))
+                .min();
             if after.values().any(|(_, _, done)| *done) {
                 "after the last commit".to_string()
             } else if committed(&after) == total_rows {
                 "finish (sequences, completion)".to_string()
-            } else if committed(&after) > committed(&before) {
-                // The deepest level that advanced: where the run was when it died.
-                let level = after
-                    .iter()
-                    .filter(|(t, (c, _, _))| before.get(*t).map_or(0, |b| b.0) < *c)
-                    .filter_map(|(t, _)| tables.get(t).map(|(level, _)| *level))
-                    .max()
-                    .unwrap_or(0);
+            } else if let (Some(level), true) = (
+                in_flight,
+                in_batch || committed(&after) > committed(&before),
+            ) {
                 format!("copy of level {level}")
             } else {
-                "connect/check (nothing committed)".to_string()
+                "connect/check pass (no batch open)".to_string()
             }
         };
+        println!(
+            "    import run {:2}: kill {} -> after {:.2}s: {phase}; {} rows committed",
+            i + 1,
+            moment.describe(),
+            ran.took.as_secs_f64(),
+            committed(&after)
+        );
         *phases.entry(phase).or_default() += 1;
         before = after;
     }
 
     // The last run completes; the end state is the reference's, and verify agrees.
-    let last = run_to_end(import(), logs.path(), "import-last");
+    let last = run_to_end(import(TARGET_DB, &[]), logs.path(), "import-last");
     if last.killed || last.code != 0 {
         outcome.failures += 1;
         outcome
@@ -399,10 +703,10 @@ fn import_storm() -> Outcome {
     }
     enough_landed(&mut outcome, landed);
     outcome.detail = format!(
-        "{total_rows} rows; uninterrupted {:.1}s (start-up {:.1}s); {landed} of {KILLS} kills \
-         landed mid-run: {}; end state {} the reference's; verify exit {}",
-        total.as_secs_f64(),
-        startup.as_secs_f64(),
+        "{total_rows} rows; uninterrupted {:.1}s ({}); {landed} of {KILLS} kills landed \
+         mid-run: {}; end state {} the reference's; verify exit {}",
+        timeline.total.as_secs_f64(),
+        timeline.describe_phases(),
         tally(&phases),
         if outcome.lost == 0 {
             "equals"
@@ -421,6 +725,8 @@ fn import_storm() -> Outcome {
 /// out, so those users are "provider not configured" and created without it).
 const PROVIDERS: &str = "google,github,microsoft,linkedin,x";
 
+/// An emulated project whose every request takes `latency`, and whose creates store the user
+/// `latency` before they answer: a kill then often falls between "created" and "recorded".
 fn emulator(latency: Duration) -> Emulator {
     Emulator::start_with(
         Config {
@@ -429,6 +735,7 @@ fn emulator(latency: Duration) -> Emulator {
         },
         Faults {
             latency,
+            delay_after_create: latency,
             ..Faults::default()
         },
     )
@@ -514,7 +821,7 @@ fn migrate_users_storm() -> Outcome {
     .unwrap();
 
     // Each request waits this long, so a run lasts a few seconds and the kills land mid-run.
-    let latency = Duration::from_millis(50);
+    let latency = Duration::from_millis(25);
     let args = [
         "migrate-users",
         "--export-dir",
@@ -534,30 +841,32 @@ fn migrate_users_storm() -> Outcome {
         work.command(&all, &env)
     };
 
-    // The reference: an uninterrupted run against an emulator of its own, timed; the dry run
-    // (plan, one read) stands for the start-up every run repeats.
+    // The reference: an uninterrupted run against an emulator of its own, its progress (users
+    // stored) sampled.
     let reference_emu = emulator(latency);
-    let started = Instant::now();
-    let dry = run_to_end(
-        command(&reference_work, &reference_emu, &["--dry-run"]),
-        logs.path(),
-        "reference-dry-run",
-    );
-    let startup = started.elapsed();
-    let started = Instant::now();
-    let reference_run = run_to_end(
+    let (reference_run, samples) = run_sampled(
         command(&reference_work, &reference_emu, &[]),
         logs.path(),
         "reference",
+        || reference_emu.users().len() as u64,
     );
-    let total = started.elapsed();
     assert!(
-        dry.code == 0 && reference_run.code == 0,
-        "the uninterrupted runs failed: {} / {}",
-        dry.describe(),
+        reference_run.code == 0 && !reference_run.killed,
+        "the uninterrupted run failed: {}",
         reference_run.describe()
     );
     let reference = by_supabase_id(&reference_emu);
+    let all = reference.len() as u64;
+    let timeline = Reference::new(
+        reference_run.took,
+        samples,
+        |users| (*users, 0),
+        |users| match *users {
+            0 => "start-up (plan, journal, listing)".into(),
+            n if n < all => "creating users".into(),
+            _ => "finish (mapping, summary)".into(),
+        },
+    );
     assert!(
         duplicates(&reference) == 0 && !reference.is_empty(),
         "the uninterrupted run created {} users with {} duplicates",
@@ -572,18 +881,22 @@ fn migrate_users_storm() -> Outcome {
     let mut phases: BTreeMap<String, u32> = BTreeMap::new();
     let mut landed = 0;
     let mut before = 0;
-    for (i, at) in resumable_delays(&fractions(0x1A4F_0002), total, startup)
-        .into_iter()
-        .enumerate()
-    {
-        let ran = run_until(
+    // Past the start-up, a kill comes up to two requests after the user the uninterrupted run
+    // had reached: between storing a user and answering, in the journal write, or in flight.
+    let mut rng = Rng::new(0x1A4F_0012);
+    for (i, at) in timeline.times(0x1A4F_0002).into_iter().enumerate() {
+        let moment = timeline.moment(at);
+        let jitter = (latency * 4).mul_f64(rng.unit());
+        let ran = run_to_moment(
             command(&work, &emu, &[]),
-            at,
+            moment,
+            jitter,
             logs.path(),
             &format!("migrate-{i}"),
+            || (emu.users().len() as u64, 0),
         );
         let users = by_supabase_id(&emu);
-        let what = format!("run {} (kill planned at {at:?})", i + 1);
+        let what = format!("run {} (kill planned {})", i + 1, moment.describe());
         let mut result = ended_well(&ran, &what);
         if result.is_ok() && duplicates(&users) > 0 {
             result = Err(format!(
@@ -602,14 +915,22 @@ fn migrate_users_storm() -> Outcome {
             "ended before its kill"
         } else {
             landed += 1;
-            if after > before {
-                "creating users"
-            } else if after == reference.len() {
+            let mapped = check_mapping(&work, &users, false).unwrap_or(0);
+            if after == reference.len() && mapped == after {
                 "after the last create (mapping, summary)"
+            } else if after > before {
+                "creating users"
             } else {
                 "start-up (plan, journal, listing)"
             }
         };
+        println!(
+            "    migrate-users run {:2}: kill {} (+{}ms) -> after {:.2}s: {phase}; {after} users",
+            i + 1,
+            moment.describe(),
+            jitter.as_millis(),
+            ran.took.as_secs_f64(),
+        );
         *phases.entry(phase.to_string()).or_default() += 1;
         before = after;
     }
@@ -649,12 +970,20 @@ fn migrate_users_storm() -> Outcome {
         }
     }
     enough_landed(&mut outcome, landed);
+    // Users the server had created when a kill came before fmig recorded them, found again.
+    let reconciled = std::fs::read_to_string(work.path().join("data/user-migration.journal.jsonl"))
+        .unwrap_or_default()
+        .matches("\"event\":\"reconciled\"")
+        .count();
     outcome.detail = format!(
-        "{} users to create; uninterrupted {:.1}s (start-up {:.1}s, {}ms per request); {landed} \
-         of {KILLS} kills landed mid-run: {}; end: {} users, {} duplicated, mapping {} entries",
+        "{} users to create; uninterrupted {:.1}s ({}; {}ms per request + {}ms between storing \
+         a user and answering); {landed} of {KILLS} kills landed mid-run: {}; \
+         {reconciled} users created by a killed run were found and recorded by the next; end: {} \
+         users, {} duplicated, mapping {} entries",
         reference.len(),
-        total.as_secs_f64(),
-        startup.as_secs_f64(),
+        timeline.total.as_secs_f64(),
+        timeline.describe_phases(),
+        latency.as_millis(),
         latency.as_millis(),
         tally(&phases),
         users.len(),
@@ -693,7 +1022,8 @@ fn export_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        sensor_readings: 120_000,
+        organizations: 5,
+        sensor_readings: 30_000,
         ..SeedConfig::default()
     });
     // The user mapping lives beside the export, so an export directory holds only what
@@ -724,10 +1054,37 @@ fn export_storm() -> Outcome {
         seed::load_target_schema(&s.cluster, TARGET_DB);
     };
 
-    // The reference: an uninterrupted export, timed, imported into its own database.
-    let started = Instant::now();
-    s.export("reference").expect_code(0);
-    let total = started.elapsed();
+    // The reference: an uninterrupted export, what it has written watched, imported into a
+    // database of its own.
+    let export = |dir: &str| {
+        s.work.command(
+            &["export", "--output-dir", dir],
+            &[("SUPABASE_DB_URL", &s.source_url())],
+        )
+    };
+    let reference_dir = s.work.path().join("reference");
+    let (ran, samples) = run_sampled(export("reference"), logs.path(), "reference", || {
+        export_leftovers(&reference_dir)
+    });
+    assert!(
+        ran.code == 0 && !ran.killed,
+        "the uninterrupted export failed: {}",
+        ran.describe()
+    );
+    let timeline = Reference::new(
+        ran.took,
+        samples,
+        |_| (0, 0),
+        |(metadata, data, temp)| {
+            if *metadata {
+                "metadata.json written".into()
+            } else if data + temp == 0 {
+                "connect/snapshot".into()
+            } else {
+                "copy".into()
+            }
+        },
+    );
     s.cluster.create_database("reference");
     seed::load_target_schema(&s.cluster, "reference");
     s.import_into("reference", "reference", &with_mapping)
@@ -735,12 +1092,6 @@ fn export_storm() -> Outcome {
     let reference = common::fingerprint(&s.cluster, "reference");
     let files = export_tables(&s.work.path().join("reference")).len() + 1;
 
-    let export = || {
-        s.work.command(
-            &["export", "--output-dir", "out"],
-            &[("SUPABASE_DB_URL", &s.source_url())],
-        )
-    };
     // Imports the directory as it is into the empty target: refused cleanly, or complete.
     let judge = |what: &str, outcome: &mut Outcome| -> Result<&'static str, String> {
         let (metadata, _, _) = export_leftovers(&s.work.path().join("out"));
@@ -801,10 +1152,13 @@ fn export_storm() -> Outcome {
     let mut phases: BTreeMap<String, u32> = BTreeMap::new();
     let mut verdicts: BTreeMap<&str, u32> = BTreeMap::new();
     let mut landed = 0;
-    for (i, f) in fractions(0x1A4F_0003).into_iter().enumerate() {
-        let at = total.mul_f64(f);
-        let ran = run_until(export(), at, logs.path(), &format!("export-{i}"));
-        let what = format!("export {} (kill planned at {at:?})", i + 1);
+    for (i, at) in timeline.times(0x1A4F_0003).into_iter().enumerate() {
+        let ran = run_until(export("out"), at, logs.path(), &format!("export-{i}"));
+        let what = format!(
+            "export {} (kill planned at {:.2}s)",
+            i + 1,
+            at.as_secs_f64()
+        );
         let (metadata, data, temp) = export_leftovers(&s.work.path().join("out"));
         let phase = if !ran.killed {
             "ended before its kill".to_string()
@@ -818,6 +1172,11 @@ fn export_storm() -> Outcome {
                 format!("copy ({data} of {files} files finished)")
             }
         };
+        println!(
+            "    export run {:2}: kill at {:.2}s -> {phase}",
+            i + 1,
+            at.as_secs_f64()
+        );
         *phases
             .entry(if phase.starts_with("copy") {
                 "copy".into()
@@ -833,7 +1192,7 @@ fn export_storm() -> Outcome {
     }
 
     // A full export completes and imports.
-    let last = run_to_end(export(), logs.path(), "export-last");
+    let last = run_to_end(export("out"), logs.path(), "export-last");
     let result = ended_well(&last, "the completing export").and_then(|()| {
         if last.killed {
             Err(format!("the completing export: {}", last.describe()))
@@ -851,10 +1210,11 @@ fn export_storm() -> Outcome {
     }
     enough_landed(&mut outcome, landed);
     outcome.detail = format!(
-        "{} rows in {files} files; uninterrupted {:.1}s; {landed} of {KILLS} kills landed \
+        "{} rows in {files} files; uninterrupted {:.1}s ({}); {landed} of {KILLS} kills landed \
          mid-run: {}; import said: {}",
         reference.iter().map(|t| t.1).sum::<u64>(),
-        total.as_secs_f64(),
+        timeline.total.as_secs_f64(),
+        timeline.describe_phases(),
         tally(&phases),
         verdicts
             .iter()
