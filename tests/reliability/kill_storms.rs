@@ -114,8 +114,9 @@ struct Reference {
 /// When to kill one run.
 #[derive(Clone, Copy, Debug)]
 enum Moment {
-    /// This long after the start: before the uninterrupted run had got anything done (connect,
-    /// check pass, reconcile), which every run repeats.
+    /// This long after the start, or when the run first gets something done if that is sooner:
+    /// before the uninterrupted run had got anything done (connect, check pass, reconcile),
+    /// which every run repeats.
     After(Duration),
     /// As soon as the run has got as far as the uninterrupted run had at that moment, and
     /// further than it started: that point of the work, whatever the earlier kills did.
@@ -285,7 +286,9 @@ fn run_to_moment(
     let start = progress();
     let mut seen: Option<Duration> = None;
     run_watching(cmd, logs, label, |elapsed| match moment {
-        Moment::After(at) => elapsed >= at,
+        // A start-up moment: also as soon as the run gets anything done, if it is quicker
+        // than the uninterrupted one was.
+        Moment::After(at) => elapsed >= at || progress() != start,
         Moment::Reached(target) => {
             if seen.is_none() {
                 let now = progress();
@@ -517,11 +520,12 @@ impl Watcher {
     }
 }
 
-/// (rows committed, tables with a checkpoint).
+/// (rows committed, 1 + tables with a checkpoint), (0, 0) before the checkpoint table exists:
+/// the load has begun at (0, 1).
 fn checkpoint_progress(checkpoints: &Option<BTreeMap<String, u64>>) -> Progress {
     checkpoints
         .as_ref()
-        .map_or((0, 0), |c| (c.values().sum(), c.len() as u64))
+        .map_or((0, 0), |c| (c.values().sum(), 1 + c.len() as u64))
 }
 
 /// The lowest foreign-key level with a table not loaded completely: the level being copied.
@@ -534,6 +538,42 @@ fn level_in_flight(
         .filter(|(t, (_, rows))| committed.get(*t).copied().unwrap_or(0) < *rows)
         .map(|(_, (level, _))| *level)
         .min()
+}
+
+/// The import's kill moments, in the order of the work: one in the check pass, one as each
+/// foreign-key level begins (whatever the level's size: the moment all lower levels are
+/// committed, or for level 0 the checkpoint table created), one when every row is committed
+/// (sequences and completion left), and the rest one in each equal slice of the uninterrupted
+/// run.
+fn import_moments(
+    timeline: &Reference,
+    tables: &BTreeMap<String, (u64, u64)>,
+    seed: u64,
+) -> Vec<Moment> {
+    let mut rng = Rng::new(seed);
+    let load_start = timeline.phases.get(1).map_or(timeline.total, |(_, t)| *t);
+    let mut moments = vec![Moment::After(load_start.mul_f64(rng.unit()))];
+    let deepest = tables.values().map(|(level, _)| *level).max().unwrap_or(0);
+    for level in 0..=deepest + 1 {
+        let below = tables.values().filter(|(l, _)| *l < level);
+        moments.push(Moment::Reached((
+            below.clone().map(|(_, rows)| rows).sum(),
+            1 + below.count() as u64,
+        )));
+    }
+    let rest = KILLS.saturating_sub(moments.len());
+    for i in 0..rest {
+        let at = timeline
+            .total
+            .mul_f64((i as f64 + rng.unit()) / rest as f64);
+        moments.push(timeline.moment(at));
+    }
+    moments.truncate(KILLS);
+    moments.sort_by_key(|m| match m {
+        Moment::After(at) => (0, 0, *at),
+        Moment::Reached((rows, tables)) => (*rows, *tables, Duration::MAX),
+    });
+    moments
 }
 
 fn import_storm() -> Outcome {
@@ -586,11 +626,13 @@ fn import_storm() -> Outcome {
     let mut phases: BTreeMap<String, u32> = BTreeMap::new();
     let mut landed = 0;
     let mut before = import_state(&s, TARGET_DB);
-    for (i, at) in timeline.times(0x1A4F_0001).into_iter().enumerate() {
+    for (i, moment) in import_moments(&timeline, &tables, 0x1A4F_0001)
+        .into_iter()
+        .enumerate()
+    {
         let committed = |st: &BTreeMap<String, (u64, u64, bool)>| -> u64 {
             st.values().map(|(c, _, _)| c).sum()
         };
-        let moment = timeline.moment(at);
         let rollbacks_before = rollbacks(&s, TARGET_DB);
         let ran = run_to_moment(
             import(TARGET_DB, &[]),
@@ -650,7 +692,7 @@ fn import_storm() -> Outcome {
             ) {
                 format!("copy of level {level}")
             } else {
-                "connect/check pass (no batch open)".to_string()
+                "no batch open (connect, check pass, or between transactions)".to_string()
             }
         };
         println!(
