@@ -143,6 +143,20 @@ pub fn create_private(path: &Path) -> io::Result<File> {
     options.open(path)
 }
 
+/// Whether `err` comes from a file system out of room: no space left (ENOSPC), a disk quota
+/// (EDQUOT), or a file-size limit (EFBIG, e.g. `ulimit -f`).
+pub fn is_out_of_space(err: &anyhow::Error) -> bool {
+    #[cfg(unix)]
+    const CODES: &[i32] = &[28, 27, 122]; // ENOSPC, EFBIG, EDQUOT (Linux numbering)
+    #[cfg(not(unix))]
+    const CODES: &[i32] = &[];
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.raw_os_error().is_some_and(|code| CODES.contains(&code)))
+    })
+}
+
 /// Makes a rename durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
@@ -387,6 +401,19 @@ mod tests {
             Ok(()) => background.finish().unwrap_err(),
         };
         assert_eq!(error.raw_os_error(), Some(28), "{error}"); // ENOSPC
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn out_of_space_is_recognised_through_context() {
+        let full: Result<()> = Err(io::Error::from_raw_os_error(28)).context("could not write x");
+        let full = full.context("exporting x failed").unwrap_err();
+        assert!(is_out_of_space(&full));
+        let too_large = anyhow::Error::new(io::Error::from_raw_os_error(27));
+        assert!(is_out_of_space(&too_large));
+        let denied = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("x");
+        assert!(!is_out_of_space(&denied));
+        assert!(!is_out_of_space(&anyhow::anyhow!("No space left on device")));
     }
 
     #[test]

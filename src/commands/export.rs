@@ -69,6 +69,17 @@ struct Exported {
 
 pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     export(args).await.map_err(|e| {
+        if files::is_out_of_space(&e) {
+            return anyhow!(
+                "{e:#}\n  next step: the file system holding {} has no room left for the export \
+                 (or a file-size limit such as `ulimit -f` was reached); free space there or choose \
+                 a directory with more room (--output-dir or EXPORT_DIR), then run `fmig export` \
+                 again. `fmig export --dry-run` shows the size of the source tables; the export \
+                 files take about that much. This directory has no metadata.json, so nothing will \
+                 import it",
+                args.output_dir.display()
+            );
+        }
         connect::explain_lost_connection(
             e,
             Side::Source,
