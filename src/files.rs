@@ -68,18 +68,27 @@ impl OutputFile {
         &self.path
     }
 
-    /// Flushes, fsyncs, renames into place and fsyncs the directory.
+    /// Flushes, fsyncs, renames into place and fsyncs the directory. If any of that fails
+    /// (a full disk often shows only here, when the last buffers are written), the temporary
+    /// file is removed, as when the file is dropped unfinished.
     pub fn finish(mut self) -> Result<Written> {
         let path = self.path.clone();
         let context = || format!("could not finish writing {}", path.display());
-        let background = match self.sink.take().expect("finish called once") {
-            Sink::Plain(b) => b,
-            Sink::Gzip(gz) => gz.finish().with_context(context)?,
-        };
-        let (file, bytes, digest) = background.finish().with_context(context)?;
-        file.sync_all().with_context(context)?;
-        drop(file);
-        fs::rename(&self.temp, &self.path).with_context(context)?;
+        let sink = self.sink.take().expect("finish called once");
+        let written = (|| -> Result<(u64, [u8; 32])> {
+            let background = match sink {
+                Sink::Plain(b) => b,
+                Sink::Gzip(gz) => gz.finish().with_context(context)?,
+            };
+            let (file, bytes, digest) = background.finish().with_context(context)?;
+            file.sync_all().with_context(context)?;
+            drop(file);
+            fs::rename(&self.temp, &self.path).with_context(context)?;
+            Ok((bytes, digest))
+        })();
+        let (bytes, digest) = written.inspect_err(|_| {
+            let _ = fs::remove_file(&self.temp);
+        })?;
         sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         Ok(Written {
             path: self.path.clone(),
@@ -413,7 +422,9 @@ mod tests {
         assert!(is_out_of_space(&too_large));
         let denied = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("x");
         assert!(!is_out_of_space(&denied));
-        assert!(!is_out_of_space(&anyhow::anyhow!("No space left on device")));
+        assert!(!is_out_of_space(&anyhow::anyhow!(
+            "No space left on device"
+        )));
     }
 
     #[test]

@@ -330,6 +330,7 @@ fn looks_incomplete(s: &Split, dir: &str, what: &str) -> Result<(), String> {
     {
         return Err(format!("{what}: temporary file {temp} left behind"));
     }
+    let before = common::fingerprint(&s.target, TARGET_DB);
     let run = s.work.run(
         &["import", "--input-dir", dir, "--unmapped", "null"],
         &[("DATABASE_URL", &s.target.url(TARGET_DB))],
@@ -339,7 +340,7 @@ fn looks_incomplete(s: &Split, dir: &str, what: &str) -> Result<(), String> {
         &format!("{what}: import of the failed export"),
         &["missing or did not finish", "run fmig export again"],
     )?;
-    if !common::nonempty_tables(&s.target, TARGET_DB).is_empty() {
+    if common::fingerprint(&s.target, TARGET_DB) != before {
         return Err(format!(
             "{what}: the import of a failed export wrote to the target"
         ));
@@ -348,8 +349,7 @@ fn looks_incomplete(s: &Split, dir: &str, what: &str) -> Result<(), String> {
 }
 
 /// Imports `dir` into the target database, verifies it, and counts rows lost against the
-/// reference fingerprint (an uninterrupted import of the same export, or `None` to take the
-/// source's row counts).
+/// reference fingerprint (an uninterrupted import of an undisturbed export).
 fn import_and_verify(s: &Split, dir: &str, o: &mut Outcome, reference: &[(String, u64, String)]) {
     s.write_user_mapping(dir);
     let run = s.import(TARGET_DB, dir);
@@ -555,23 +555,35 @@ struct Tmpfs {
 
 impl Tmpfs {
     /// `None` when mounting is not permitted here (no root, a container without CAP_SYS_ADMIN).
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+    fn mount(dir: &Path, bytes: u64) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
+        let ok = Command::new("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
+                &format!("size={}k,mode=0700", bytes >> 10),
             ])
+            .arg("tmpfs")
             .arg(dir)
             .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        out.status.success().then(|| Tmpfs {
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Gives it more room (the operator freeing space), keeping its files.
+    fn grow(&self, bytes: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={}k", bytes >> 10)])
+            .arg(&self.dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "remount of {} failed", self.dir.display());
     }
 }
 
@@ -587,8 +599,30 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Space the fault leaves for the export: less than sensor_readings alone needs.
-const DISK_BYTES: u64 = 4 << 20;
+/// The RLIMIT_FSIZE of the simulated write error: less than sensor_readings.json needs.
+const FILE_LIMIT: u64 = 4 << 20;
+
+/// Per file of an export: rows and content checksum, to compare a re-run with the probe.
+fn contents(work: &Path, dir: &str) -> Vec<(String, u64, String)> {
+    let metadata = fmig::metadata::Metadata::load(&work.join(dir)).expect("metadata.json");
+    metadata
+        .tables
+        .iter()
+        .chain(&metadata.auth_users)
+        .map(|t| (t.file.clone(), t.rows, t.checksum.sum.clone()))
+        .collect()
+}
+
+fn same_contents(s: &Split, dir: &str, probe: &[(String, u64, String)]) -> Result<(), String> {
+    let got = contents(s.work.path(), dir);
+    if got == probe {
+        Ok(())
+    } else {
+        Err(format!(
+            "the re-run export in {dir} differs from an undisturbed one"
+        ))
+    }
+}
 
 fn export_disk_full() -> Outcome {
     let s = Split::new(&SeedConfig {
@@ -598,29 +632,54 @@ fn export_disk_full() -> Outcome {
     let mut o = Outcome::default();
     let mut used = Vec::new();
 
-    // A real full disk where mounting is allowed.
-    let mount_dir = s.work.path().join("small");
-    match Tmpfs::mount(&mount_dir, &format!("{}k", DISK_BYTES >> 10)) {
+    // An undisturbed export: its sizes place the fault, its contents are the reference.
+    s.export("probe", &[]).expect_code(0);
+    let probe = contents(s.work.path(), "probe");
+    let metadata = fmig::metadata::Metadata::load(&s.work.path().join("probe")).unwrap();
+    let page = |b: u64| b.div_ceil(4096) * 4096;
+    let sensor = metadata
+        .table("sensor_readings")
+        .map_or(0, |t| page(t.bytes));
+    let total: u64 = metadata
+        .tables
+        .iter()
+        .chain(&metadata.auth_users)
+        .map(|t| page(t.bytes))
+        .sum();
+    let reference = reference_import(&s, "probe");
+    let mut imported = false;
+
+    // A real full disk where mounting is allowed: room for the largest file (written first)
+    // and half of the rest, so the export fails midway, with finished files beside it.
+    let room = sensor + (total - sensor) / 2;
+    match Tmpfs::mount(&s.work.path().join("small"), room) {
         Some(tmpfs) => {
             let run = s.export("small", &[]);
             o.record(failed_clearly(
                 &run,
                 "export onto a full tmpfs",
-                &[
-                    "sensor_readings.json",
-                    "No space left on device",
-                    "--output-dir",
-                ],
+                &["small/", ".json: No space left on device", "--output-dir"],
             ));
             o.record(looks_incomplete(&s, "small", "full tmpfs"));
+            let kept = listing(&s.work.path().join("small")).len();
+            // The operator makes room and runs the same command again.
+            tmpfs.grow(2 * total + (16 << 20));
+            let run = s.export("small", &[]);
+            o.record(succeeded(&run, "the export after making room"));
+            o.record(same_contents(&s, "small", &probe));
+            import_and_verify(&s, "small", &mut o, &reference);
+            imported = true;
             drop(tmpfs);
-            used.push(format!("a {} MiB tmpfs", DISK_BYTES >> 20));
+            used.push(format!(
+                "a {} KiB tmpfs (failed midway with {kept} finished files beside it)",
+                room >> 10
+            ));
         }
         None => used.push("no tmpfs (mount not permitted here)".to_string()),
     }
 
     // A write error simulated with RLIMIT_FSIZE (SIGXFSZ ignored, so write(2) fails with
-    // EFBIG): works without privileges, so it runs everywhere.
+    // EFBIG): needs no privilege, so it runs everywhere.
     let mut cmd = s.export_command("limited", &[]);
     {
         use std::os::unix::process::CommandExt;
@@ -629,8 +688,8 @@ fn export_disk_full() -> Outcome {
             cmd.pre_exec(|| {
                 libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
                 let limit = libc::rlimit {
-                    rlim_cur: DISK_BYTES,
-                    rlim_max: DISK_BYTES,
+                    rlim_cur: FILE_LIMIT,
+                    rlim_max: FILE_LIMIT,
                 };
                 if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -643,19 +702,28 @@ fn export_disk_full() -> Outcome {
     o.record(failed_clearly(
         &run,
         "export with RLIMIT_FSIZE",
-        &["sensor_readings.json", "File too large", "--output-dir"],
+        &[
+            "could not write limited/sensor_readings.json",
+            "File too large",
+            "--output-dir",
+        ],
     ));
     o.record(looks_incomplete(&s, "limited", "RLIMIT_FSIZE"));
-    used.push(format!("RLIMIT_FSIZE of {} MiB", DISK_BYTES >> 20));
+    let run = s.export("limited", &[]);
+    o.record(succeeded(&run, "the export without the limit"));
+    o.record(same_contents(&s, "limited", &probe));
+    if !imported {
+        import_and_verify(&s, "limited", &mut o, &reference);
+    }
+    used.push(format!(
+        "a simulated write error (RLIMIT_FSIZE {} MiB)",
+        FILE_LIMIT >> 20
+    ));
 
-    // The re-run into a directory with space.
-    let run = s.export("out", &[]);
-    o.record(succeeded(&run, "the export into a directory with space"));
-    let reference = reference_import(&s, "out");
-    import_and_verify(&s, "out", &mut o, &reference);
     o.detail = format!(
-        "full disk by {}: each export failed with exit 2 naming the file, nothing looked complete; the re-run exported, imported and verified",
-        used.join(" and ")
+        "{}: each export failed with exit 2 naming the file, no metadata.json, import refused it; \
+         the re-run exported the same contents, which imported and verified",
+        used.join(", and ")
     );
     o
 }
