@@ -58,7 +58,7 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// Readings in the fault scenarios' source: enough that an import of it (debug build) lasts a
 /// few seconds, so the faults land mid-copy.
-const READINGS: usize = 100_000;
+const READINGS: usize = 50_000;
 
 /// A seeded source cluster, a separate target cluster with an empty drifted target database,
 /// and a work directory holding `fmig.toml`.
@@ -190,6 +190,14 @@ impl Running {
             let _ = tx.send(child.wait_with_output());
         });
         Running { pid, done }
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): holds the run still while a fault is set up, so
+    /// the fault lands exactly where the run was seen to be.
+    pub fn pause(&self, stop: bool) {
+        let signal = if stop { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) on our own child, not yet reaped (see `finish`).
+        unsafe { libc::kill(self.pid, signal) };
     }
 
     /// Whether it has exited already (its output stays available to `finish`).
@@ -330,7 +338,7 @@ fn looks_incomplete(s: &Split, dir: &str, what: &str) -> Result<(), String> {
     {
         return Err(format!("{what}: temporary file {temp} left behind"));
     }
-    let before = common::fingerprint(&s.target, TARGET_DB);
+    let before = contents_of(&s.target, TARGET_DB);
     let run = s.work.run(
         &["import", "--input-dir", dir, "--unmapped", "null"],
         &[("DATABASE_URL", &s.target.url(TARGET_DB))],
@@ -340,12 +348,34 @@ fn looks_incomplete(s: &Split, dir: &str, what: &str) -> Result<(), String> {
         &format!("{what}: import of the failed export"),
         &["missing or did not finish", "run fmig export again"],
     )?;
-    if common::fingerprint(&s.target, TARGET_DB) != before {
+    if contents_of(&s.target, TARGET_DB) != before {
         return Err(format!(
             "{what}: the import of a failed export wrote to the target"
         ));
     }
     Ok(())
+}
+
+/// Every imported table's row count and content hash, and the checkpoints, in one query (the
+/// per-table fingerprint runs a psql per table): what a run that must not write is checked
+/// against.
+fn contents_of(cluster: &Cluster, db: &str) -> String {
+    let mut parts: Vec<String> = fmig::manifest::builtin()
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{0}:' || count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') \
+                 FROM public.{0} x",
+                t.name
+            )
+        })
+        .collect();
+    parts.push(
+        "SELECT 'checkpoints:' || coalesce((SELECT string_agg(c.relname, ',') FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'fmig'), '')"
+            .to_string(),
+    );
+    cluster.psql(db, &parts.join(" UNION ALL "))
 }
 
 /// Imports `dir` into the target database, verifies it, and counts rows lost against the
@@ -468,6 +498,8 @@ fn source_unreachable_mid_export() -> Outcome {
             o.record(Err(format!("{fault}: the export ended before the fault")));
             continue;
         }
+        // Held still while the source goes away: the server is certain to be mid-file then.
+        running.pause(true);
         if fault == "pg_terminate_backend" {
             s.source.psql(
                 SOURCE_DB,
@@ -477,6 +509,7 @@ fn source_unreachable_mid_export() -> Outcome {
         } else {
             pg_ctl(&s.source, &["stop", "-m", "immediate", "-w"]);
         }
+        running.pause(false);
         let result = running.finish(None, HANG).and_then(|run| {
             failed_clearly(
                 &run,
