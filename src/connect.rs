@@ -433,6 +433,13 @@ pub async fn connect(url: &DbUrl, options: &ConnectOptions) -> Result<Client> {
 }
 
 fn is_transient(err: &tokio_postgres::Error) -> bool {
+    // 57P03: "the database system is starting up / shutting down", a restart in progress.
+    if err
+        .as_db_error()
+        .is_some_and(|db| db.code().code() == "57P03")
+    {
+        return true;
+    }
     find_io_error(err).is_some_and(|io| {
         matches!(
             io.kind(),
@@ -442,6 +449,49 @@ fn is_transient(err: &tokio_postgres::Error) -> bool {
                 | io::ErrorKind::TimedOut
         )
     })
+}
+
+/// Whether an error means the connection itself is gone (the server restarted, shut down or
+/// crashed, or the network dropped) rather than that the server refused a statement: such a
+/// run is worth repeating once the server is back, unchanged.
+pub fn is_connection_lost(err: &tokio_postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    if let Some(db) = err.as_db_error() {
+        // admin_shutdown, crash_shutdown, cannot_connect_now, and class 08 (connection
+        // exception).
+        let code = db.code().code();
+        return matches!(code, "57P01" | "57P02" | "57P03") || code.starts_with("08");
+    }
+    find_io_error(err).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::TimedOut
+        )
+    })
+}
+
+/// When a lost connection (see [`is_connection_lost`]) caused `err`, says so first, then the
+/// original message, then `next_step`; any other error is returned unchanged.
+pub fn explain_lost_connection(err: anyhow::Error, side: Side, next_step: &str) -> anyhow::Error {
+    let lost = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(is_connection_lost)
+    });
+    if !lost {
+        return err;
+    }
+    anyhow!(
+        "the connection to the {side} database was lost (the server restarted or shut down, or \
+         the network dropped): {err:#}\n  next step: {next_step}"
+    )
 }
 
 fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {

@@ -68,18 +68,27 @@ impl OutputFile {
         &self.path
     }
 
-    /// Flushes, fsyncs, renames into place and fsyncs the directory.
+    /// Flushes, fsyncs, renames into place and fsyncs the directory. If any of that fails
+    /// (a full disk often shows only here, when the last buffers are written), the temporary
+    /// file is removed, as when the file is dropped unfinished.
     pub fn finish(mut self) -> Result<Written> {
         let path = self.path.clone();
         let context = || format!("could not finish writing {}", path.display());
-        let background = match self.sink.take().expect("finish called once") {
-            Sink::Plain(b) => b,
-            Sink::Gzip(gz) => gz.finish().with_context(context)?,
-        };
-        let (file, bytes, digest) = background.finish().with_context(context)?;
-        file.sync_all().with_context(context)?;
-        drop(file);
-        fs::rename(&self.temp, &self.path).with_context(context)?;
+        let sink = self.sink.take().expect("finish called once");
+        let written = (|| -> Result<(u64, [u8; 32])> {
+            let background = match sink {
+                Sink::Plain(b) => b,
+                Sink::Gzip(gz) => gz.finish().with_context(context)?,
+            };
+            let (file, bytes, digest) = background.finish().with_context(context)?;
+            file.sync_all().with_context(context)?;
+            drop(file);
+            fs::rename(&self.temp, &self.path).with_context(context)?;
+            Ok((bytes, digest))
+        })();
+        let (bytes, digest) = written.inspect_err(|_| {
+            let _ = fs::remove_file(&self.temp);
+        })?;
         sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
         Ok(Written {
             path: self.path.clone(),
@@ -141,6 +150,20 @@ pub fn create_private(path: &Path) -> io::Result<File> {
         options.mode(0o600);
     }
     options.open(path)
+}
+
+/// Whether `err` comes from a file system out of room: no space left (ENOSPC), a disk quota
+/// (EDQUOT), or a file-size limit (EFBIG, e.g. `ulimit -f`).
+pub fn is_out_of_space(err: &anyhow::Error) -> bool {
+    #[cfg(unix)]
+    const CODES: &[i32] = &[28, 27, 122]; // ENOSPC, EFBIG, EDQUOT (Linux numbering)
+    #[cfg(not(unix))]
+    const CODES: &[i32] = &[];
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.raw_os_error().is_some_and(|code| CODES.contains(&code)))
+    })
 }
 
 /// Makes a rename durable.
@@ -387,6 +410,21 @@ mod tests {
             Ok(()) => background.finish().unwrap_err(),
         };
         assert_eq!(error.raw_os_error(), Some(28), "{error}"); // ENOSPC
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn out_of_space_is_recognised_through_context() {
+        let full: Result<()> = Err(io::Error::from_raw_os_error(28)).context("could not write x");
+        let full = full.context("exporting x failed").unwrap_err();
+        assert!(is_out_of_space(&full));
+        let too_large = anyhow::Error::new(io::Error::from_raw_os_error(27));
+        assert!(is_out_of_space(&too_large));
+        let denied = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("x");
+        assert!(!is_out_of_space(&denied));
+        assert!(!is_out_of_space(&anyhow::anyhow!(
+            "No space left on device"
+        )));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{Checksum, RecordedChecksum, RowHasher};
 use crate::cli::ExportArgs;
 use crate::codec::{self, ColumnKind, PgType};
-use crate::connect::{self, DbUrl};
+use crate::connect::{self, DbUrl, Side};
 use crate::copy_binary::CopyBinaryParser;
 use crate::files::{self, OutputFile, Written};
 use crate::ident::{QualifiedName, quote_ident};
@@ -68,6 +68,28 @@ struct Exported {
 }
 
 pub async fn run(args: &ExportArgs) -> Result<Outcome> {
+    export(args).await.map_err(|e| {
+        if files::is_out_of_space(&e) {
+            return anyhow!(
+                "{e:#}\n  next step: the file system holding {} has no room left for the export \
+                 (or a file-size limit such as `ulimit -f` was reached); free space there or choose \
+                 a directory with more room (--output-dir or EXPORT_DIR), then run `fmig export` \
+                 again. `fmig export --dry-run` shows the size of the source tables; the export \
+                 files take about that much. This directory has no metadata.json, so nothing will \
+                 import it",
+                args.output_dir.display()
+            );
+        }
+        connect::explain_lost_connection(
+            e,
+            Side::Source,
+            "once the source accepts connections again, run `fmig export` again; it starts the \
+             export over (this directory has no metadata.json, so nothing will import it)",
+        )
+    })
+}
+
+async fn export(args: &ExportArgs) -> Result<Outcome> {
     let started = Instant::now();
     let url = args.source.url()?;
     let manifest = manifest::builtin();
@@ -456,12 +478,10 @@ async fn export_one(
     };
     let bar = progress::bar(shape.estimated_rows, &label);
     let sql = format!("COPY ({}) TO STDOUT (FORMAT binary)", shape.select);
-    let stream = tx.copy_out(sql.as_str()).await.map_err(|e| {
-        anyhow!(
-            "could not read {label} from the source: {}",
-            describe_db_error(&e)
-        )
-    })?;
+    let stream = tx
+        .copy_out(sql.as_str())
+        .await
+        .map_err(|e| source_error(e, format!("could not read {label} from the source")))?;
     pin_mut!(stream);
 
     // A handful of 64 KiB COPY chunks in flight: memory stays flat whatever the table size.
@@ -527,10 +547,13 @@ async fn export_one(
     let written = writer.await.context("the file writer panicked")?;
     bar.finish_and_clear();
     if let Some(e) = stream_error {
-        bail!(
-            "reading {label} from the source failed: {}; no file was written for it and the export is incomplete (no metadata.json)",
-            describe_db_error(&e)
-        );
+        return Err(source_error(
+            e,
+            format!(
+                "reading {label} from the source failed; no file was written for it and the \
+                 export is incomplete (no metadata.json)"
+            ),
+        ));
     }
     let (written, checksum) = written.with_context(|| format!("exporting {label} failed"))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -541,6 +564,16 @@ async fn export_one(
         checksum,
         seconds,
     })
+}
+
+/// `what: reason`; a lost connection keeps its error in the chain, so that `run` can say the
+/// connection was lost.
+fn source_error(e: tokio_postgres::Error, what: String) -> anyhow::Error {
+    if connect::is_connection_lost(&e) {
+        anyhow::Error::new(e).context(what)
+    } else {
+        anyhow!("{what}: {}", describe_db_error(&e))
+    }
 }
 
 fn describe_db_error(e: &tokio_postgres::Error) -> String {

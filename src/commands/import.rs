@@ -90,6 +90,17 @@ struct Loaded {
 }
 
 pub async fn run(args: &ImportArgs) -> Result<Outcome> {
+    import(args).await.map_err(|e| {
+        connect::explain_lost_connection(
+            e,
+            connect::Side::Target,
+            "once the target accepts connections again, re-run `fmig import` with the same \
+             arguments; it resumes after the last committed batch",
+        )
+    })
+}
+
+async fn import(args: &ImportArgs) -> Result<Outcome> {
     let started = Instant::now();
     let dir = &args.input_dir;
     let metadata = Metadata::load(dir)?;
@@ -895,10 +906,19 @@ async fn write_batch(
     }
     .await;
     if let Err(e) = copied {
-        return Err(row_error(plan, batch.first_row, batch.rows, &e));
+        return Err(row_error(plan, batch.first_row, batch.rows, e));
     }
     if let Some(insert) = &statements.insert {
         client.execute(insert, &[]).await.map_err(|e| {
+            if connect::is_connection_lost(&e) {
+                return anyhow::Error::new(e).context(format!(
+                    "{}: writing rows {}..{} of {} failed",
+                    plan.spec.name,
+                    batch.first_row + 1,
+                    batch.first_row + batch.rows,
+                    plan.entry.file
+                ));
+            }
             anyhow!(
                 "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
                 plan.spec.name,
@@ -933,8 +953,18 @@ fn row_error(
     plan: &TablePlan,
     first_row: u64,
     rows: u64,
-    e: &tokio_postgres::Error,
+    e: tokio_postgres::Error,
 ) -> anyhow::Error {
+    if connect::is_connection_lost(&e) {
+        // Not the rows' fault: keep the error, so `run` says the connection was lost.
+        return anyhow::Error::new(e).context(format!(
+            "{}: writing rows {}..{} of {} failed",
+            plan.spec.name,
+            first_row + 1,
+            first_row + rows,
+            plan.entry.file
+        ));
+    }
     let Some(db) = e.as_db_error() else {
         return anyhow!("{}: writing a batch failed: {e}", plan.spec.name);
     };
