@@ -14,8 +14,7 @@
 //! `detail`; a scenario fails when fewer than half of its kills land before the run ends.
 //! Nothing is asserted about timing: a kill that comes late only lands elsewhere.
 
-#[path = "../support/stack_auth_emulator.rs"]
-mod emulator;
+use crate::emulator;
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-#[path = "../support/stack_auth_emulator.rs"]
-mod emulator;
+use crate::emulator;
 
 use crate::common::{self, SOURCE_DB, Setup, TARGET_DB};
 use crate::server_faults::last_lines;

@@ -13,6 +13,8 @@
 mod support;
 
 mod common;
+#[path = "../support/stack_auth_emulator.rs"]
+mod emulator;
 mod hostile;
 mod kill_storms;
 mod load;
