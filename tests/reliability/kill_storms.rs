@@ -1256,8 +1256,13 @@ fn export_storm() -> Outcome {
     // A full export completes and imports.
     let last = run_to_end(export("out"), logs.path(), "export-last");
     let result = ended_well(&last, "the completing export").and_then(|()| {
-        if last.killed {
+        let (_, _, temp) = export_leftovers(&s.work.path().join("out"));
+        if last.killed || last.code != 0 {
             Err(format!("the completing export: {}", last.describe()))
+        } else if temp > 0 {
+            Err(format!(
+                "the completing export left {temp} temporary files of the killed ones behind"
+            ))
         } else {
             match judge("the completing export", &mut outcome) {
                 Ok("complete") => Ok(()),
