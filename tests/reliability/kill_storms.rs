@@ -593,7 +593,7 @@ fn import_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        organizations: 5,
+        organizations: 12,
         sensor_readings: 30_000,
         ..SeedConfig::default()
     });
@@ -1084,7 +1084,7 @@ fn export_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        organizations: 5,
+        organizations: 12,
         sensor_readings: 30_000,
         ..SeedConfig::default()
     });
