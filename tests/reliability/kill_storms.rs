@@ -447,17 +447,12 @@ fn rollbacks(setup: &Setup, db: &str) -> u64 {
 /// notices the closed socket, rolls back and exits), at most a minute.
 fn wait_for_no_sessions(setup: &Setup, db: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while setup
-        .cluster
-        .psql(
-            db,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
-             AND application_name <> 'fmig-kill-storm-watcher'",
-        )
-        .trim()
-        != "0"
-    {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+         AND application_name <> '{WATCHER}'"
+    );
+    while setup.cluster.psql(db, &sql).trim() != "0" {
         assert!(
             Instant::now() < deadline,
             "a killed fmig's session is still open after a minute"
