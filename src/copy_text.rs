@@ -10,6 +10,23 @@ use serde_json::Value;
 
 use crate::codec::ColumnKind;
 
+/// [`write_field`] for a column of an export file, knowing whether the source column is NOT
+/// NULL (`not_null` in metadata.json). The export writes SQL NULL and the JSON document `null`
+/// of a json/jsonb column alike, as `null`; where the source column cannot hold SQL NULL, a
+/// `null` can only be the document, and is loaded as the document.
+pub fn write_export_field(
+    out: &mut Vec<u8>,
+    kind: &ColumnKind,
+    source_not_null: bool,
+    value: &Value,
+) -> Result<()> {
+    if source_not_null && value.is_null() && matches!(kind, ColumnKind::Json | ColumnKind::Jsonb) {
+        out.extend_from_slice(b"null");
+        return Ok(());
+    }
+    write_field(out, kind, value)
+}
+
 /// Appends one field (no delimiter) for `value` of a column of `kind`.
 pub fn write_field(out: &mut Vec<u8>, kind: &ColumnKind, value: &Value) -> Result<()> {
     // The common scalar cases go straight into `out` (this runs for every value of every
@@ -177,6 +194,28 @@ mod tests {
         let mut out = Vec::new();
         write_field(&mut out, &kind, &serde_json::from_str(json).unwrap()).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn null_in_a_not_null_json_column_is_the_json_document() {
+        let export_field = |kind: ColumnKind, not_null: bool| {
+            let mut out = Vec::new();
+            write_export_field(&mut out, &kind, not_null, &Value::Null).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(export_field(ColumnKind::Jsonb, true), "null");
+        assert_eq!(export_field(ColumnKind::Json, true), "null");
+        assert_eq!(export_field(ColumnKind::Jsonb, false), "\\N");
+        assert_eq!(export_field(ColumnKind::Text, true), "\\N");
+        let mut out = Vec::new();
+        write_export_field(
+            &mut out,
+            &ColumnKind::Jsonb,
+            true,
+            &serde_json::json!({"a": 1}),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":1}"#);
     }
 
     #[test]

@@ -158,6 +158,45 @@ fn a_full_import_maps_users_and_columns_and_advances_sequences() {
 }
 
 #[test]
+fn a_json_null_document_in_a_not_null_column_stays_a_json_document() {
+    // The seed's sixth organization has settings = 'null'::jsonb: a JSON document, which the
+    // export writes as `null`, like SQL NULL. The column is NOT NULL in the source, so import
+    // loads the document (before, it loaded SQL NULL and the target refused the row).
+    let s = setup(&SeedConfig {
+        organizations: 6,
+        ..SeedConfig::default()
+    });
+    let documents = "SELECT count(*) FROM public.organizations WHERE settings = 'null'::jsonb";
+    assert_eq!(s.source(documents), "1");
+    s.import(&["--unmapped", "null"]).expect_code(0);
+    assert_eq!(s.target(documents), "1");
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.organizations WHERE settings IS NULL"),
+        "0"
+    );
+    for against in ["source", "export"] {
+        let run = s.work.run(
+            &[
+                "verify",
+                "--export-dir",
+                "out",
+                "--unmapped",
+                "null",
+                "--against",
+                against,
+                "--table",
+                "organizations",
+            ],
+            &[
+                ("SUPABASE_DB_URL", &s.cluster.url("postgres")),
+                ("DATABASE_URL", &s.cluster.url(TARGET_DB)),
+            ],
+        );
+        run.expect_code(0);
+    }
+}
+
+#[test]
 fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
     let s = setup(&SeedConfig {
         // Enough rows that the import is still running at several of the kill moments below.

@@ -193,6 +193,8 @@ enum SourceSide {
         rows: u64,
         columns: Vec<String>,
         kinds: Vec<ColumnKind>,
+        /// Whether each source column is NOT NULL (see `copy_text::write_export_field`).
+        not_null: Vec<bool>,
         create: String,
         stage: String,
         select: String,
@@ -981,6 +983,7 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
         rows: entry.rows,
         columns: entry.columns.iter().map(|c| c.name.clone()).collect(),
         kinds,
+        not_null: entry.columns.iter().map(|c| c.not_null).collect(),
         create: format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
             quote_ident(&stage),
@@ -1011,6 +1014,7 @@ async fn from_file(
         entry,
         columns,
         kinds,
+        not_null,
         create,
         stage: stage_name,
         select,
@@ -1033,11 +1037,12 @@ async fn from_file(
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (path, entry, columns, kinds, user_ids) = (
+        let (path, entry, columns, kinds, not_null, user_ids) = (
             path.clone(),
             entry.clone(),
             columns.clone(),
             kinds.clone(),
+            not_null.clone(),
             user_ids.clone(),
         );
         tokio::task::spawn_blocking(move || {
@@ -1060,8 +1065,13 @@ async fn from_file(
                         if n > 0 {
                             batch.push(b'\t');
                         }
-                        crate::copy_text::write_field(&mut batch, &kinds[n], value)
-                            .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
+                        crate::copy_text::write_export_field(
+                            &mut batch,
+                            &kinds[n],
+                            not_null[n],
+                            value,
+                        )
+                        .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
                     }
                     batch.push(b'\n');
                     rows += 1;

@@ -446,17 +446,12 @@ fn rollbacks(setup: &Setup, db: &str) -> u64 {
 /// notices the closed socket, rolls back and exits), at most a minute.
 fn wait_for_no_sessions(setup: &Setup, db: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while setup
-        .cluster
-        .psql(
-            db,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
-             AND application_name <> 'fmig-kill-storm-watcher'",
-        )
-        .trim()
-        != "0"
-    {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid <> pg_backend_pid() AND backend_type = 'client backend' \
+         AND application_name <> '{WATCHER}'"
+    );
+    while setup.cluster.psql(db, &sql).trim() != "0" {
         assert!(
             Instant::now() < deadline,
             "a killed fmig's session is still open after a minute"
@@ -592,7 +587,7 @@ fn import_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        organizations: 5,
+        organizations: 12,
         sensor_readings: 30_000,
         ..SeedConfig::default()
     });
@@ -1083,7 +1078,7 @@ fn export_storm() -> Outcome {
     let mut outcome = Outcome::default();
     let logs = logs_dir();
     let s = Setup::new(&SeedConfig {
-        organizations: 5,
+        organizations: 12,
         sensor_readings: 30_000,
         ..SeedConfig::default()
     });
@@ -1255,8 +1250,13 @@ fn export_storm() -> Outcome {
     // A full export completes and imports.
     let last = run_to_end(export("out"), logs.path(), "export-last");
     let result = ended_well(&last, "the completing export").and_then(|()| {
-        if last.killed {
+        let (_, _, temp) = export_leftovers(&s.work.path().join("out"));
+        if last.killed || last.code != 0 {
             Err(format!("the completing export: {}", last.describe()))
+        } else if temp > 0 {
+            Err(format!(
+                "the completing export left {temp} temporary files of the killed ones behind"
+            ))
         } else {
             match judge("the completing export", &mut outcome) {
                 Ok("complete") => Ok(()),
