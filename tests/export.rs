@@ -490,3 +490,46 @@ fn a_failing_table_leaves_no_file_for_it_and_no_metadata() {
     );
     assert!(!dir.join("metadata.json").exists());
 }
+
+#[test]
+fn a_json_null_document_in_a_nullable_column_is_warned_about() {
+    // The export format writes the JSON document `null` and SQL NULL alike; in a nullable
+    // column import cannot tell them apart, so the export says so, naming the column.
+    let cluster = Cluster::start();
+    seed::load_source_schema(&cluster, "postgres");
+    seed::seed_source(&cluster, "postgres", &SeedConfig::default());
+    cluster.psql(
+        "postgres",
+        "UPDATE public.profiles SET notification_prefs = 'null'::jsonb \
+         WHERE id IN (SELECT id FROM public.profiles ORDER BY id LIMIT 2); \
+         UPDATE public.subscriptions SET metadata = NULL",
+    );
+    // The seed has some of its own.
+    let documents = cluster.psql(
+        "postgres",
+        "SELECT count(*) FROM public.profiles WHERE notification_prefs = 'null'::jsonb",
+    );
+    let documents = documents.trim();
+    assert!(documents.parse::<u64>().unwrap() >= 2);
+    let work = Workdir::new();
+    let run = export(
+        &work,
+        &cluster,
+        "postgres",
+        &["--table", "profiles,subscriptions"],
+    );
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains(&format!(
+            "profiles.notification_prefs: {documents} row(s) hold the JSON document null"
+        )),
+        "{}",
+        run.stderr
+    );
+    // SQL NULLs are not documents.
+    assert!(
+        !run.stderr.contains("subscriptions.metadata"),
+        "{}",
+        run.stderr
+    );
+}

@@ -618,6 +618,15 @@ fn write_file(
     let mut line: Vec<u8> = Vec::with_capacity(4096);
     let mut spans: Vec<(usize, usize)> = Vec::with_capacity(keys.len());
     let path = file.path().to_path_buf();
+    // A json/jsonb value that is the document `null` is written `null`, like SQL NULL: in a
+    // NOT NULL column import knows which it is, in a nullable one it cannot. Counted, to warn.
+    let json_column: Vec<bool> = shape
+        .columns
+        .iter()
+        .zip(&shape.kinds)
+        .map(|(c, k)| !c.not_null && matches!(k, ColumnKind::Json | ColumnKind::Jsonb))
+        .collect();
+    let mut json_nulls = vec![0u64; keys.len()];
     file.write_all(b"[")
         .with_context(|| format!("could not write {}", path.display()))?;
 
@@ -645,6 +654,9 @@ fn write_file(
                         shape.columns[i].name
                     )
                 })?;
+                if json_column[i] && raw.is_some() && line[start..].trim_ascii() == b"null" {
+                    json_nulls[i] += 1;
+                }
                 spans.push((start, line.len()));
             }
             line.push(b'}');
@@ -664,6 +676,20 @@ fn write_file(
         .with_context(|| format!("could not write {}", path.display()))?;
     let written = file.finish()?;
     bar.set_position(checksum.rows);
+    for (column, &n) in shape
+        .columns
+        .iter()
+        .zip(&json_nulls)
+        .filter(|(_, n)| **n > 0)
+    {
+        warn!(
+            "{}.{}: {n} row(s) hold the JSON document null, which the export file writes as null \
+             like SQL NULL; import will load them as SQL NULL (next step: if the application \
+             tells them apart, make the column NOT NULL or replace the documents before the \
+             window)",
+            shape.name, column.name
+        );
+    }
     Ok((written, checksum))
 }
 
