@@ -94,6 +94,22 @@ impl Metadata {
                 metadata.format_version
             );
         }
+        // Files are read as dir/<file>: a path there could make fmig read any file.
+        for entry in metadata.tables.iter().chain(&metadata.auth_users) {
+            let plain = Path::new(&entry.file)
+                .file_name()
+                .is_some_and(|name| *name == *entry.file);
+            if !plain || entry.file == ".." {
+                bail!(
+                    "{}: the entry for {} names the file {:?}, which is not a file name inside \
+                     the export directory; metadata.json was changed after the export.\n  \
+                     next step: run fmig export again",
+                    path.display(),
+                    entry.name,
+                    entry.file
+                );
+            }
+        }
         Ok(metadata)
     }
 

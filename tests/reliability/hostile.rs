@@ -136,11 +136,11 @@ enum Edit {
         #[serde(default)]
         set: BTreeMap<String, String>,
     },
-    /// Set the string at a JSON pointer.
+    /// Set the value at a JSON pointer.
     JsonSet {
         file: String,
         pointer: String,
-        value: String,
+        value: toml::Value,
     },
 }
 
@@ -687,7 +687,7 @@ fn apply(edit: &Edit, dir: &Path, places: &Places) -> Result<(), String> {
             let slot = json
                 .pointer_mut(pointer)
                 .ok_or(format!("{file}: nothing at {pointer}"))?;
-            *slot = value.clone().into();
+            *slot = serde_json::to_value(value).map_err(|e| e.to_string())?;
             Ok(())
         }),
     }
