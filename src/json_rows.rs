@@ -273,6 +273,9 @@ fn parse(
 fn describe(path: &Path, err: &serde_json::Error) -> anyhow::Error {
     let what = match err.classify() {
         serde_json::error::Category::Eof => "the file ends too early (truncated?)",
+        serde_json::error::Category::Io if path.extension().is_some_and(|e| e == "gz") => {
+            "it is not a complete gzip file (truncated or damaged?)"
+        }
         serde_json::error::Category::Io => "it could not be read",
         serde_json::error::Category::Syntax => "it is not valid JSON",
         serde_json::error::Category::Data => "it does not have the shape of an export file",

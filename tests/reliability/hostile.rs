@@ -42,6 +42,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// The export every case starts from, in the work directory of [`Setup`].
 const EXPORT: &str = "out";
 
+/// The same export made with `--gzip`, made when a case first needs it.
+const EXPORT_GZIP: &str = "out-gzip";
+
 /// The target with the unedited export imported: what `verify` cases compare.
 const IMPORTED_DB: &str = "imported";
 
@@ -71,9 +74,12 @@ struct Case {
     /// More fragments for one command only.
     #[serde(default)]
     expect_by: BTreeMap<String, Vec<String>>,
-    /// Whether the run may write (only the control case).
+    /// Whether the run may write (the control case, and a row only the server can refuse).
     #[serde(default)]
     writes: bool,
+    /// `gzip`: start from the export made with `--gzip` (`<table>.json.gz`) instead.
+    #[serde(default)]
+    gzip: bool,
 }
 
 /// One change to the copy of the export (paths relative to the case's work directory, which
@@ -149,11 +155,11 @@ impl Edit {
     fn table(&self) -> Option<&str> {
         match self {
             Edit::Metadata { table, .. } => Some(table),
-            _ => self
-                .file()?
-                .strip_prefix(EXPORT)?
-                .strip_prefix('/')?
-                .strip_suffix(".json"),
+            _ => {
+                let name = self.file()?.strip_prefix(EXPORT)?.strip_prefix('/')?;
+                name.strip_suffix(".json")
+                    .or_else(|| name.strip_suffix(".json.gz"))
+            }
         }
     }
 
@@ -180,6 +186,7 @@ impl Edit {
 /// The export and the target every case copies, made once per test process.
 struct Shared {
     setup: Setup,
+    gzip_made: bool,
     /// Bumped for each fresh copy of the target database.
     databases: u32,
 }
@@ -244,9 +251,22 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
         setup.import_into(IMPORTED_DB, EXPORT, &[]).expect_code(0);
         Shared {
             setup,
+            gzip_made: false,
             databases: 0,
         }
     });
+    if case.gzip && !shared.gzip_made {
+        let setup = &shared.setup;
+        setup
+            .work
+            .run(
+                &["export", "--gzip", "--output-dir", EXPORT_GZIP],
+                &[("SUPABASE_DB_URL", &setup.source_url())],
+            )
+            .expect_code(0);
+        setup.write_user_mapping(EXPORT_GZIP);
+        shared.gzip_made = true;
+    }
 
     let mut outcome = Outcome::default();
     let mut details = Vec::new();
@@ -285,7 +305,8 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
 /// the promise. `Ok` carries the observation for the table.
 fn run_command(case: &Case, command: &str, setup: &Setup, db: &str) -> Result<String, String> {
     let work = Workdir::new();
-    copy_dir(&setup.work.path().join(EXPORT), &work.path().join(EXPORT))?;
+    let export = if case.gzip { EXPORT_GZIP } else { EXPORT };
+    copy_dir(&setup.work.path().join(export), &work.path().join(EXPORT))?;
     std::fs::copy(
         setup.work.path().join("fmig.toml"),
         work.path().join("fmig.toml"),
