@@ -201,9 +201,11 @@ pub fn scenarios() -> Vec<Scenario> {
     }
     let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let shared: Rc<RefCell<Option<Shared>>> = Rc::new(RefCell::new(None));
+    let last = file.case.len().saturating_sub(1);
     file.case
         .into_iter()
-        .map(|case| {
+        .enumerate()
+        .map(|(n, case)| {
             let case = Rc::new(case);
             let promise = format!(
                 "{}: `fmig {}` exits {}{} within {} s, saying \"{}\"; no panic, no password in the output{}",
@@ -226,7 +228,15 @@ pub fn scenarios() -> Vec<Scenario> {
                 name,
                 promise,
                 slow: false,
-                run: Box::new(move || run_case(&case, &shared)),
+                run: Box::new(move || {
+                    let outcome = run_case(&case, &shared);
+                    // The cluster is not needed by the scenarios after the last case (when a
+                    // filter skips it, it goes when the suite ends).
+                    if n == last {
+                        shared.borrow_mut().take();
+                    }
+                    outcome
+                }),
             }
         })
         .collect()
