@@ -295,7 +295,7 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
             &format!("CREATE DATABASE {db} TEMPLATE {template}"),
         );
         let result = run_command(case, command, &shared.setup, &db);
-        cluster.psql("postgres", &format!("DROP DATABASE {db}"));
+        cluster.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
         match result {
             Ok(detail) => {
                 details.push(detail);
