@@ -116,9 +116,11 @@ enum Edit {
     },
     /// Remove the file.
     Delete { file: String },
-    /// Set `key` of the `metadata.json` entry of `table` to `value`, or add `add` to it.
+    /// Set `key` of the `metadata.json` entry of `table` (or of its `column`) to `value`, or
+    /// add `add` to it.
     Metadata {
         table: String,
+        column: Option<String>,
         key: String,
         value: Option<toml::Value>,
         add: Option<i64>,
@@ -619,11 +621,20 @@ fn apply(edit: &Edit, dir: &Path, places: &Places) -> Result<(), String> {
         }
         Edit::Metadata {
             table,
+            column,
             key,
             value,
             add,
         } => edit_json(dir, "out/metadata.json", |json| {
-            let entry = table_entry(json, table)?;
+            let mut entry = table_entry(json, table)?;
+            if let Some(column) = column {
+                entry = entry["columns"]
+                    .as_array_mut()
+                    .ok_or(format!("metadata.json: {table} has no columns"))?
+                    .iter_mut()
+                    .find(|c| c["name"] == column.as_str())
+                    .ok_or(format!("metadata.json: {table} has no column {column}"))?;
+            }
             let old = entry
                 .get(key)
                 .ok_or(format!("metadata.json: {table} has no {key}"))?;
