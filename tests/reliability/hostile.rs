@@ -907,9 +907,12 @@ fn first_error_line(output: &str, expect: &[String], places: &Places) -> String 
     let line = line
         .split_once("/out/")
         .map_or(line.to_string(), |(_, rest)| rest.to_string());
-    let mut short: String = line.chars().take(160).collect();
-    if short.len() < line.len() {
-        short.push('…');
+    // A long message keeps its start (what) and its end (why).
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= 170 {
+        return line;
     }
-    short
+    let head: String = chars[..70].iter().collect();
+    let tail: String = chars[chars.len() - 100..].iter().collect();
+    format!("{head} … {tail}")
 }
