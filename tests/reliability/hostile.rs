@@ -480,6 +480,16 @@ impl Command {
                 vec![target],
             ),
             "plan" => (args(&["plan"]), vec![source, target]),
+            "mapping-lookup" => (
+                args(&[
+                    "mapping",
+                    "lookup",
+                    "00000000-0000-4000-8000-000000000000",
+                    "--export-dir",
+                    EXPORT,
+                ]),
+                vec![],
+            ),
             "export" => (
                 args(&["export", "--output-dir", "new-export"]),
                 vec![source],
