@@ -703,11 +703,23 @@ pub fn load_env_file(args: impl IntoIterator<Item = OsString>) -> Result<Option<
                     .lines()
                     .position(|l| l.trim_end() == line.trim_end())
                     .map_or_else(String::new, |n| format!("line {}, ", n + 1));
-                let key = line.split('=').next().unwrap_or("").trim();
-                format!(
-                    "{number}the {key} line cannot be parsed at character {}",
-                    at + 1
-                )
+                // Only a variable's name is shown, never a value (nor a line that has no name).
+                let key = line
+                    .split_once('=')
+                    .map(|(key, _)| key.trim().trim_start_matches("export ").trim())
+                    .filter(|key| {
+                        !key.is_empty()
+                            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    });
+                match key {
+                    Some(key) => {
+                        format!(
+                            "{number}the {key} line cannot be parsed at character {}",
+                            at + 1
+                        )
+                    }
+                    None => format!("{number}a line cannot be parsed"),
+                }
             }
             other => crate::redact::scrub(&other.to_string()).to_string(),
         };

@@ -44,7 +44,12 @@
 //! columns already hold the new Stack Auth ids when expressions see them, so a
 //! lookup such as `(SELECT p.id FROM public.profiles AS p WHERE p.user_id = src.profile_id)`
 //! finds the profile imported earlier. `plan` only prepares the expression (it is parsed and
-//! type-checked, never run) against a row of NULLs: see [`expression_probe`].
+//! type-checked, never run) against a row of NULLs: see [`expression_probe`]; `import` and
+//! `verify` do the same before they start. The expression is the only SQL the file may hold,
+//! and it must stay one expression: reading the file refuses a `;`, a comment, or a
+//! parenthesis that closes one it did not open ([`expression_problem`]), which could reach
+//! outside the `CAST((...))` into the statement built around it. Every name (tables, columns,
+//! `target`) is checked against the catalogs and quoted.
 //!
 //! # User-id columns
 //!

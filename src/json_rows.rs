@@ -233,6 +233,7 @@ fn parse_lines(
             shape,
             row: &mut row,
             number: rows + 1,
+            from_slice: true,
         }
         .deserialize(&mut de)
         .and_then(|()| de.end());
@@ -273,6 +274,9 @@ fn parse(
 fn describe(path: &Path, err: &serde_json::Error) -> anyhow::Error {
     let what = match err.classify() {
         serde_json::error::Category::Eof => "the file ends too early (truncated?)",
+        serde_json::error::Category::Io if path.extension().is_some_and(|e| e == "gz") => {
+            "it is not a complete gzip file (truncated or damaged?)"
+        }
         serde_json::error::Category::Io => "it could not be read",
         serde_json::error::Category::Syntax => "it is not valid JSON",
         serde_json::error::Category::Data => "it does not have the shape of an export file",
@@ -307,6 +311,7 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
                 shape: self.shape,
                 row: &mut row,
                 number: rows + 1,
+                from_slice: false,
             })?
             .is_some()
         {
@@ -326,6 +331,9 @@ struct RowSeed<'a> {
     shape: &'a Shape<'a>,
     row: &'a mut Vec<Option<Value>>,
     number: u64,
+    /// Parsing a line held in memory (the fast path): values not kept can be borrowed as raw
+    /// JSON text and their kinds checked on it, without building anything.
+    from_slice: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
@@ -370,6 +378,15 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                         check.deserialize(&value).map_err(de::Error::custom)?;
                     }
                     value
+                }
+                Some(check) if self.from_slice => {
+                    // Any doubt sends the file to the general parser, whose KindCheck decides
+                    // and words the error.
+                    let raw: &serde_json::value::RawValue = map.next_value()?;
+                    if !kind_fits(check, raw.get()) {
+                        return Err(de::Error::custom("a value does not fit its column"));
+                    }
+                    Value::Null
                 }
                 Some(check) => {
                     map.next_value_seed(check)?;
@@ -428,6 +445,48 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
                 self.number
             ))
         })
+    }
+}
+
+/// [`KindCheck`] on a value's raw JSON text, for the fast path: `true` only when KindCheck
+/// would accept it (it may refuse more: the general parser then decides). Numbers are judged
+/// on their text, strings are unescaped only when they hold a backslash; nothing is built for
+/// the common values, which is what keeps the check pass near the speed of skipping them.
+fn kind_fits(check: KindCheck, raw: &str) -> bool {
+    let kind = check.kind;
+    let bytes = raw.as_bytes();
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    if raw == "null" {
+        return true;
+    }
+    // The string's contents, unescaped when needed.
+    let string = || -> Option<std::borrow::Cow<str>> {
+        let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+        if inner.contains('\\') {
+            serde_json::from_str::<String>(raw).ok().map(Into::into)
+        } else {
+            Some(inner.into())
+        }
+    };
+    let number = first == b'-' || first.is_ascii_digit();
+    match kind {
+        ColumnKind::Json | ColumnKind::Jsonb => true,
+        ColumnKind::Bool => raw == "true" || raw == "false",
+        ColumnKind::Int2 => raw.parse::<i16>().is_ok(),
+        ColumnKind::Int4 => raw.parse::<i32>().is_ok(),
+        ColumnKind::Int8 => raw.parse::<i64>().is_ok(),
+        ColumnKind::Float4 | ColumnKind::Float8 => {
+            number || matches!(raw, "\"NaN\"" | "\"Infinity\"" | "\"-Infinity\"")
+        }
+        ColumnKind::Numeric if number => true,
+        // Arrays are rare and nested: checked by KindCheck itself, on their text.
+        ColumnKind::Array(_) => check
+            .deserialize(&mut serde_json::Deserializer::from_str(raw))
+            .is_ok(),
+        ColumnKind::Bytea => string().is_some_and(|s| crate::copy_text::is_base64(&s)),
+        _ => string().is_some_and(|s| !s.contains('\0')),
     }
 }
 
@@ -493,7 +552,13 @@ impl KindCheck<'_> {
         match self.kind {
             ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => {
                 if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                    self.integer(false)
+                    // `-0`, or more digits than 64 bits hold.
+                    let fits = text.parse::<i64>().is_ok_and(|v| match self.kind {
+                        ColumnKind::Int2 => i16::try_from(v).is_ok(),
+                        ColumnKind::Int4 => i32::try_from(v).is_ok(),
+                        _ => true,
+                    });
+                    self.integer(fits)
                 } else if text.contains(['e', 'E']) {
                     Err(self.refuse("a number in scientific notation"))
                 } else {
@@ -978,6 +1043,57 @@ mod tests {
                 assert!(err.contains("t.json, line 3 column"), "{bad}: {err}");
                 assert!(err.contains("row 2, "), "{bad}: {err}");
                 assert!(err.contains(found), "{bad} (keep {}): {err}", keep[0]);
+            }
+        }
+        // The fast path's raw check never accepts what the general check refuses.
+        let kinds_all = [
+            ColumnKind::Int2,
+            ColumnKind::Int8,
+            ColumnKind::Float4,
+            ColumnKind::Numeric,
+            ColumnKind::Bool,
+            ColumnKind::Text,
+            ColumnKind::Uuid,
+            ColumnKind::Bytea,
+            ColumnKind::Array(Box::new(ColumnKind::Int2)),
+            ColumnKind::Array(Box::new(ColumnKind::Text)),
+            ColumnKind::Jsonb,
+        ];
+        for raw in [
+            "null",
+            "true",
+            "0",
+            "-0",
+            "40000",
+            "-32768",
+            "1e3",
+            "1.5",
+            "12345678901234567890",
+            "\"NaN\"",
+            "\"x\"",
+            "\"a\\u0000b\"",
+            "\"a\\nb\"",
+            "\"AP9B\"",
+            "\"AP9\"",
+            "\"\"",
+            "[1,2]",
+            "[[1],[null]]",
+            "[\"a\"]",
+            "[1e3]",
+            "{}",
+            "{\"a\":1}",
+        ] {
+            for kind in &kinds_all {
+                let check = KindCheck {
+                    kind,
+                    nested: None,
+                    row: 1,
+                    column: "c",
+                };
+                let general = check
+                    .deserialize(&mut serde_json::Deserializer::from_str(raw))
+                    .is_ok();
+                assert_eq!(kind_fits(check, raw), general, "{raw} as {}", kind.name());
             }
         }
         // Without kinds nothing is checked but the shape.

@@ -94,12 +94,69 @@ impl Metadata {
                 metadata.format_version
             );
         }
+        // Files are read as dir/<file>: a path there could make fmig read any file.
+        for entry in metadata.tables.iter().chain(&metadata.auth_users) {
+            // Types of built-in columns are written into the staging tables' DDL.
+            if let Some(column) = entry.columns.iter().find(|c| !is_type_name(&c.type_name)) {
+                bail!(
+                    "{}: {}.{} has the type {:?}, which is not a PostgreSQL type name; \
+                     metadata.json was changed after the export.\n  next step: run fmig export again",
+                    path.display(),
+                    entry.name,
+                    column.name,
+                    column.type_name
+                );
+            }
+            let plain = Path::new(&entry.file)
+                .file_name()
+                .is_some_and(|name| *name == *entry.file);
+            if !plain || entry.file == ".." {
+                bail!(
+                    "{}: the entry for {} names the file {:?}, which is not a file name inside \
+                     the export directory; metadata.json was changed after the export.\n  \
+                     next step: run fmig export again",
+                    path.display(),
+                    entry.name,
+                    entry.file
+                );
+            }
+        }
         Ok(metadata)
     }
 
     pub fn table(&self, name: &str) -> Option<&FileEntry> {
         self.tables.iter().find(|t| t.name == name)
     }
+}
+
+/// Whether `text` has the shape of what `format_type()` prints (`numeric(6,2)`, `character
+/// varying(64)[]`, `timestamp(3) with time zone`, `"char"`, `public."Odd Name"`): names, dots,
+/// spaces and `[]`, parentheses holding only numbers, and quoted identifiers. Nothing else can
+/// appear, so such a text cannot end the column definition it is written into.
+pub fn is_type_name(text: &str) -> bool {
+    let mut chars = text.chars().peekable();
+    let mut in_parens = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if !in_parens => loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                    }
+                    Some('"') => break,
+                    Some(_) => {}
+                    None => return false,
+                }
+            },
+            '(' if !in_parens => in_parens = true,
+            ')' if in_parens => in_parens = false,
+            '0'..='9' | ',' | ' ' => {}
+            _ if in_parens => return false,
+            'a'..='z' | 'A'..='Z' | '_' | '.' | '[' | ']' => {}
+            _ => return false,
+        }
+    }
+    !in_parens && !text.trim().is_empty()
 }
 
 impl FileEntry {
@@ -179,6 +236,34 @@ pub fn kind_from_label(label: &str) -> Option<ColumnKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_are_format_type_shapes() {
+        for fine in [
+            "uuid",
+            "numeric(6,2)",
+            "character varying(64)[]",
+            "timestamp(3) with time zone",
+            "\"char\"",
+            "public.\"Odd; ) Name\"\"\"",
+            "int4[][]",
+            "interval second(0)",
+        ] {
+            assert!(is_type_name(fine), "{fine}");
+        }
+        for bad in [
+            "text); DROP TABLE public.organizations; --",
+            "text) --",
+            "numeric(6,2",
+            "numeric(a)",
+            "text default 'x'",
+            "\"open",
+            "",
+            "text/* */",
+        ] {
+            assert!(!is_type_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn kind_labels_round_trip() {

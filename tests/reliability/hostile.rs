@@ -13,8 +13,11 @@
 //!   work directory (the export, the mapping, `fmig.toml`) is byte for byte as before, apart
 //!   from the log file.
 //!
-//! The first case is a control: the unedited copy must import, so every refusal below is the
-//! edit's doing and not a broken setup. The 100 MB line is generated at test time.
+//! The first cases are controls: the unedited copy must import (and its users plan), so every
+//! refusal below is the edit's doing and not a broken setup. `verify` runs against a copy of
+//! the target with the unedited export imported, limited with `--table` to the tables whose
+//! files the case edits (else `profiles`, whose user ids need the mapping). The 100 MB line is
+//! generated at test time.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -38,6 +41,9 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The export every case starts from, in the work directory of [`Setup`].
 const EXPORT: &str = "out";
+
+/// The same export made with `--gzip`, made when a case first needs it.
+const EXPORT_GZIP: &str = "out-gzip";
 
 /// The target with the unedited export imported: what `verify` cases compare.
 const IMPORTED_DB: &str = "imported";
@@ -68,9 +74,12 @@ struct Case {
     /// More fragments for one command only.
     #[serde(default)]
     expect_by: BTreeMap<String, Vec<String>>,
-    /// Whether the run may write (only the control case).
+    /// Whether the run may write (the control case, and a row only the server can refuse).
     #[serde(default)]
     writes: bool,
+    /// `gzip`: start from the export made with `--gzip` (`<table>.json.gz`) instead.
+    #[serde(default)]
+    gzip: bool,
 }
 
 /// One change to the copy of the export (paths relative to the case's work directory, which
@@ -107,9 +116,11 @@ enum Edit {
     },
     /// Remove the file.
     Delete { file: String },
-    /// Set `key` of the `metadata.json` entry of `table` to `value`, or add `add` to it.
+    /// Set `key` of the `metadata.json` entry of `table` (or of its `column`) to `value`, or
+    /// add `add` to it.
     Metadata {
         table: String,
+        column: Option<String>,
         key: String,
         value: Option<toml::Value>,
         add: Option<i64>,
@@ -133,17 +144,51 @@ enum Edit {
         #[serde(default)]
         set: BTreeMap<String, String>,
     },
-    /// Set the string at a JSON pointer.
+    /// Set the value at a JSON pointer.
     JsonSet {
         file: String,
         pointer: String,
-        value: String,
+        value: toml::Value,
     },
+}
+
+impl Edit {
+    /// The table whose export file (or `metadata.json` entry) the edit changes, if any.
+    fn table(&self) -> Option<&str> {
+        match self {
+            Edit::Metadata { table, .. } => Some(table),
+            _ => {
+                let name = self.file()?.strip_prefix(EXPORT)?.strip_prefix('/')?;
+                name.strip_suffix(".json")
+                    .or_else(|| name.strip_suffix(".json.gz"))
+            }
+        }
+    }
+
+    /// The file the edit changes (none for `metadata`, which edits `metadata.json`).
+    fn file(&self) -> Option<&str> {
+        match self {
+            Edit::Truncate { file, .. }
+            | Edit::Replace { file, .. }
+            | Edit::ReplaceHex { file, .. }
+            | Edit::Write { file, .. }
+            | Edit::Append { file, .. }
+            | Edit::FirstRowOnly { file }
+            | Edit::GiantLine { file, .. }
+            | Edit::Delete { file }
+            | Edit::RowSet { file, .. }
+            | Edit::Rehash { file }
+            | Edit::JsonDuplicate { file, .. }
+            | Edit::JsonSet { file, .. } => Some(file),
+            Edit::Metadata { .. } => None,
+        }
+    }
 }
 
 /// The export and the target every case copies, made once per test process.
 struct Shared {
     setup: Setup,
+    gzip_made: bool,
     /// Bumped for each fresh copy of the target database.
     databases: u32,
 }
@@ -158,9 +203,11 @@ pub fn scenarios() -> Vec<Scenario> {
     }
     let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let shared: Rc<RefCell<Option<Shared>>> = Rc::new(RefCell::new(None));
+    let last = file.case.len().saturating_sub(1);
     file.case
         .into_iter()
-        .map(|case| {
+        .enumerate()
+        .map(|(n, case)| {
             let case = Rc::new(case);
             let promise = format!(
                 "{}: `fmig {}` exits {}{} within {} s, saying \"{}\"; no panic, no password in the output{}",
@@ -183,7 +230,15 @@ pub fn scenarios() -> Vec<Scenario> {
                 name,
                 promise,
                 slow: false,
-                run: Box::new(move || run_case(&case, &shared)),
+                run: Box::new(move || {
+                    let outcome = run_case(&case, &shared);
+                    // The cluster is not needed by the scenarios after the last case (when a
+                    // filter skips it, it goes when the suite ends).
+                    if n == last {
+                        shared.borrow_mut().take();
+                    }
+                    outcome
+                }),
             }
         })
         .collect()
@@ -208,9 +263,22 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
         setup.import_into(IMPORTED_DB, EXPORT, &[]).expect_code(0);
         Shared {
             setup,
+            gzip_made: false,
             databases: 0,
         }
     });
+    if case.gzip && !shared.gzip_made {
+        let setup = &shared.setup;
+        setup
+            .work
+            .run(
+                &["export", "--gzip", "--output-dir", EXPORT_GZIP],
+                &[("SUPABASE_DB_URL", &setup.source_url())],
+            )
+            .expect_code(0);
+        setup.write_user_mapping(EXPORT_GZIP);
+        shared.gzip_made = true;
+    }
 
     let mut outcome = Outcome::default();
     let mut details = Vec::new();
@@ -229,7 +297,7 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
             &format!("CREATE DATABASE {db} TEMPLATE {template}"),
         );
         let result = run_command(case, command, &shared.setup, &db);
-        cluster.psql("postgres", &format!("DROP DATABASE {db}"));
+        cluster.psql("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
         match result {
             Ok(detail) => {
                 details.push(detail);
@@ -249,7 +317,8 @@ fn run_case(case: &Case, shared: &RefCell<Option<Shared>>) -> Outcome {
 /// the promise. `Ok` carries the observation for the table.
 fn run_command(case: &Case, command: &str, setup: &Setup, db: &str) -> Result<String, String> {
     let work = Workdir::new();
-    copy_dir(&setup.work.path().join(EXPORT), &work.path().join(EXPORT))?;
+    let export = if case.gzip { EXPORT_GZIP } else { EXPORT };
+    copy_dir(&setup.work.path().join(export), &work.path().join(EXPORT))?;
     std::fs::copy(
         setup.work.path().join("fmig.toml"),
         work.path().join("fmig.toml"),
@@ -262,6 +331,21 @@ fn run_command(case: &Case, command: &str, setup: &Setup, db: &str) -> Result<St
 
     let (mut args, default_env) = Command::of(command, &places)?;
     args.extend(case.args.iter().map(|a| places.expand(a)));
+    if command.starts_with("verify") {
+        // Only the tables whose files were edited (else profiles, whose user ids need the
+        // mapping): a whole verify of every table adds seconds and checks nothing more here.
+        let mut tables: Vec<&str> = case
+            .edits
+            .iter()
+            .filter_map(Edit::table)
+            .filter(|t| fmig::manifest::builtin().iter().any(|s| s.name == *t))
+            .collect();
+        tables.dedup();
+        if tables.is_empty() {
+            tables.push("profiles");
+        }
+        args.extend(["--table".to_string(), tables.join(",")]);
+    }
     let env: Vec<(String, String)> = match &case.env {
         Some(env) => env
             .iter()
@@ -396,6 +480,16 @@ impl Command {
                 vec![target],
             ),
             "plan" => (args(&["plan"]), vec![source, target]),
+            "mapping-lookup" => (
+                args(&[
+                    "mapping",
+                    "lookup",
+                    "00000000-0000-4000-8000-000000000000",
+                    "--export-dir",
+                    EXPORT,
+                ]),
+                vec![],
+            ),
             "export" => (
                 args(&["export", "--output-dir", "new-export"]),
                 vec![source],
@@ -537,11 +631,20 @@ fn apply(edit: &Edit, dir: &Path, places: &Places) -> Result<(), String> {
         }
         Edit::Metadata {
             table,
+            column,
             key,
             value,
             add,
         } => edit_json(dir, "out/metadata.json", |json| {
-            let entry = table_entry(json, table)?;
+            let mut entry = table_entry(json, table)?;
+            if let Some(column) = column {
+                entry = entry["columns"]
+                    .as_array_mut()
+                    .ok_or(format!("metadata.json: {table} has no columns"))?
+                    .iter_mut()
+                    .find(|c| c["name"] == column.as_str())
+                    .ok_or(format!("metadata.json: {table} has no column {column}"))?;
+            }
             let old = entry
                 .get(key)
                 .ok_or(format!("metadata.json: {table} has no {key}"))?;
@@ -636,7 +739,7 @@ fn apply(edit: &Edit, dir: &Path, places: &Places) -> Result<(), String> {
             let slot = json
                 .pointer_mut(pointer)
                 .ok_or(format!("{file}: nothing at {pointer}"))?;
-            *slot = value.clone().into();
+            *slot = serde_json::to_value(value).map_err(|e| e.to_string())?;
             Ok(())
         }),
     }
@@ -814,9 +917,12 @@ fn first_error_line(output: &str, expect: &[String], places: &Places) -> String 
     let line = line
         .split_once("/out/")
         .map_or(line.to_string(), |(_, rest)| rest.to_string());
-    let mut short: String = line.chars().take(160).collect();
-    if short.len() < line.len() {
-        short.push('…');
+    // A long message keeps its start (what) and its end (why).
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= 170 {
+        return line;
     }
-    short
+    let head: String = chars[..70].iter().collect();
+    let tail: String = chars[chars.len() - 100..].iter().collect();
+    format!("{head} … {tail}")
 }
