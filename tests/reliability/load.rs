@@ -21,7 +21,7 @@ pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             group: "load",
-            name: "1M rows end to end".into(),
+            name: "1M-row load end to end".into(),
             promise: "The demo's data set (100 users of every category, 3 organizations, \
                       1,000,000 sensor readings) goes through export, migrate-users (emulator), \
                       import --unmapped keep and verify under the default settings; verify finds \
@@ -33,7 +33,7 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             group: "load",
-            name: "10M readings, flat memory".into(),
+            name: "10M-reading load, flat memory".into(),
             promise: "10,000,000 sensor readings export and import completely, and the peak RSS \
                       of each fmig process stays within 1.5x of its peak at 1,000,000 readings."
                 .into(),
