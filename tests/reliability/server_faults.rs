@@ -436,7 +436,10 @@ fn target_restarted_during_import() -> Outcome {
             )));
             continue;
         }
+        // Held still across the restart, so it cannot finish first: the restart lands at `at`.
+        running.pause(true);
         s.target.restart();
+        running.pause(false);
         let result = running.finish(None, HANG).and_then(|run| {
             failed_clearly(
                 &run,
