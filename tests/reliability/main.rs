@@ -165,9 +165,19 @@ fn main() {
     println!("\n{table}");
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reliability.md");
     let _ = std::fs::write(&tmp, &table);
-    if let Some(path) = write_docs {
-        std::fs::write(&path, &table).expect("write the outcome table");
-        println!("reliability: outcome table written to {}", path.display());
+    match write_docs {
+        // A partial run must not replace the table of a whole one.
+        Some(path) if filter.is_some() => println!(
+            "reliability: {} not written (only scenarios matching {:?} ran); the table is in {}",
+            path.display(),
+            filter.unwrap_or_default(),
+            tmp.display()
+        ),
+        Some(path) => {
+            std::fs::write(&path, &table).expect("write the outcome table");
+            println!("reliability: outcome table written to {}", path.display());
+        }
+        None => {}
     }
     let failed = rows.iter().filter(|r| !r.passed()).count();
     if failed > 0 {
