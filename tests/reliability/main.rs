@@ -180,6 +180,11 @@ fn main() {
         None => {}
     }
     let failed = rows.iter().filter(|r| !r.passed()).count();
+    println!(
+        "reliability: {} scenario(s), {} passed, {failed} failed",
+        rows.len(),
+        rows.len() - failed
+    );
     if failed > 0 {
         eprintln!("reliability: {failed} scenario(s) failed");
         std::process::exit(1);
