@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::emulator;
 
@@ -42,52 +42,56 @@ pub fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// One fmig run with its wall time and peak resident memory (`ru_maxrss` from `wait4`).
+/// One fmig run with its wall time and peak resident memory.
 struct Measured {
     run: Run,
     seconds: f64,
     peak_rss_mib: f64,
 }
 
+/// `VmHWM` (the process's own peak resident set) from `/proc/<pid>/status`, in KiB.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `cmd`, sampling its peak RSS every 10 ms until it exits. Not `ru_maxrss` from `wait4`:
+/// Linux folds the *parent's* peak into a child's at exec (the address space it replaced was
+/// the parent's), so after a scenario that grew this test process, every fmig run would report
+/// at least that. `VmHWM` belongs to fmig's own address space and only grows, so the last
+/// sample before exit misses at most the final 10 ms.
 fn measured(mut cmd: Command) -> Measured {
     let logs = tempfile::tempdir().expect("temp dir");
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let started = Instant::now();
-    let child = cmd
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).unwrap())
         .stderr(File::create(&err_path).unwrap())
         .spawn()
         .expect("start fmig");
     let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waits for our own child, which nothing else reaps (`child` is never waited on).
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if r == pid {
-            break;
+    let mut peak_kib = 0u64;
+    let status = loop {
+        // Sampled before the exit check: a zombie no longer has its memory figures.
+        if let Some(kib) = vm_hwm_kib(pid) {
+            peak_kib = peak_kib.max(kib);
         }
-        let err = std::io::Error::last_os_error();
-        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "wait4: {err}");
-    }
-    drop(child);
-    let seconds = started.elapsed().as_secs_f64();
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
+        if let Some(status) = child.try_wait().expect("wait for fmig") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
+    let seconds = started.elapsed().as_secs_f64();
     Measured {
         run: Run {
-            code,
+            code: status.code().unwrap_or(-1),
             stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
             stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
         },
         seconds,
-        // Linux reports kilobytes.
-        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        peak_rss_mib: peak_kib as f64 / 1024.0,
     }
 }
 
