@@ -54,21 +54,9 @@ impl Setup {
         )
     }
 
-    /// Writes `<dir>/user-mapping.json` giving every auth user the new id
-    /// `md5('stack' || id)::uuid`, so a test can predict it.
+    /// Writes `<dir>/user-mapping.json`: see [`write_user_mapping`].
     pub fn write_user_mapping(&self, dir: &str) {
-        let mapping = self.cluster.psql(
-            SOURCE_DB,
-            "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
-               'mappings', json_agg(json_build_object('supabaseUserId', id, \
-                 'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
-             FROM auth.users",
-        );
-        std::fs::write(
-            self.work.path().join(dir).join("user-mapping.json"),
-            mapping.trim(),
-        )
-        .unwrap();
+        write_user_mapping(&self.cluster, &self.work, dir);
     }
 
     /// `fmig import --input-dir <dir> --unmapped null <extra>` into `db`.
@@ -89,6 +77,23 @@ impl Setup {
             ],
         )
     }
+}
+
+/// Writes `<dir>/user-mapping.json` in `work`, giving every auth user of `source` the new id
+/// `md5('stack' || id)::uuid`, so a test can predict it.
+pub fn write_user_mapping(source: &Cluster, work: &Workdir, dir: &str) {
+    let mapping = source.psql(
+        SOURCE_DB,
+        "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
+           'mappings', json_agg(json_build_object('supabaseUserId', id, \
+             'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
+         FROM auth.users",
+    );
+    std::fs::write(
+        work.path().join(dir).join("user-mapping.json"),
+        mapping.trim(),
+    )
+    .unwrap();
 }
 
 /// Per imported table: row count and an order-independent hash of its rows.

@@ -97,20 +97,9 @@ impl Split {
         run_to_end(self.export_command(dir, extra))
     }
 
-    /// `<dir>/user-mapping.json` giving every auth user the id `md5('stack' || id)::uuid`.
+    /// `<dir>/user-mapping.json`: see [`common::write_user_mapping`].
     pub fn write_user_mapping(&self, dir: &str) {
-        let mapping = self.source.psql(
-            SOURCE_DB,
-            "SELECT json_build_object('generatedAt', '2026-11-22T00:00:00Z', 'retainUntil', '2027-02-20T00:00:00Z', \
-               'mappings', json_agg(json_build_object('supabaseUserId', id, \
-                 'stackAuthUserId', md5('stack' || id)::uuid, 'email', email, 'migratedAt', '2026-11-22T00:00:00Z'))) \
-             FROM auth.users",
-        );
-        std::fs::write(
-            self.work.path().join(dir).join("user-mapping.json"),
-            mapping.trim(),
-        )
-        .unwrap();
+        common::write_user_mapping(&self.source, &self.work, dir);
     }
 
     /// `fmig import --input-dir <dir> --unmapped null` into `db` of the target cluster.
