@@ -427,7 +427,8 @@ pub struct MigrateUsersArgs {
     pub input: Option<PathBuf>,
 
     /// The user mapping to write (default: <export-dir>/user-mapping.json). The journal
-    /// (user-migration.journal.jsonl) and password-reset-needed.csv go next to it.
+    /// (user-migration.journal.jsonl), password-reset-needed.csv and
+    /// users-needing-attention.csv go next to it.
     #[arg(long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
@@ -510,7 +511,8 @@ pub enum MappingCommand {
     )]
     Lookup(MappingLookupArgs),
 
-    /// Delete user-mapping.json, its journal and password-reset-needed.csv once retainUntil
+    /// Delete user-mapping.json, its journal, password-reset-needed.csv and
+    /// users-needing-attention.csv once retainUntil
     /// (90 days after the migration) has passed. Refuses before then (exit code 1) unless
     /// --force.
     #[command(after_help = "Examples:\n  fmig mapping prune\n  fmig mapping prune --force")]
