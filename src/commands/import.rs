@@ -59,11 +59,9 @@ struct TablePlan {
     entry: FileEntry,
     map: TableMap,
     target: QualifiedName,
-    /// The file's columns (source names), their JSON kinds, and whether the source column is
-    /// NOT NULL.
+    /// The file's columns (source names, in `entry`'s order) and their JSON kinds.
     columns: Vec<String>,
     kinds: Vec<ColumnKind>,
-    not_null: Vec<bool>,
     /// Indices (into `columns`) of user-id columns, with whether NULL may replace an unmapped id.
     user_ids: Vec<(usize, bool)>,
     /// `COPY ... FROM STDIN` into the target (direct) or into the staging table.
@@ -404,7 +402,6 @@ fn plan_table(
             })
         })
         .collect::<Result<_>>()?;
-    let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
     let index = |column: &str| columns.iter().position(|c| c == column);
     let mut user_ids = Vec::new();
     for column in &map.user_id_columns {
@@ -489,7 +486,6 @@ fn plan_table(
         target: target_name,
         columns,
         kinds,
-        not_null,
         user_ids,
         copy_sql,
         copy_fields,
@@ -739,7 +735,8 @@ async fn load_table(
         let path: PathBuf = dir.join(&plan.entry.file);
         let columns = plan.columns.clone();
         let kinds = plan.kinds.clone();
-        let not_null = plan.not_null.clone();
+        // Whether each source column is NOT NULL (see `copy_text::write_export_field`).
+        let not_null: Vec<bool> = plan.entry.columns.iter().map(|c| c.not_null).collect();
         let fields = plan.copy_fields.clone();
         let user_ids = plan.user_ids.clone();
         // New ids as ready-made values, so a rewritten row borrows them instead of copying.

@@ -193,8 +193,6 @@ enum SourceSide {
         rows: u64,
         columns: Vec<String>,
         kinds: Vec<ColumnKind>,
-        /// Whether each source column is NOT NULL (see `copy_text::write_export_field`).
-        not_null: Vec<bool>,
         create: String,
         stage: String,
         select: String,
@@ -983,7 +981,6 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
         rows: entry.rows,
         columns: entry.columns.iter().map(|c| c.name.clone()).collect(),
         kinds,
-        not_null: entry.columns.iter().map(|c| c.not_null).collect(),
         create: format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
             quote_ident(&stage),
@@ -1014,7 +1011,6 @@ async fn from_file(
         entry,
         columns,
         kinds,
-        not_null,
         create,
         stage: stage_name,
         select,
@@ -1037,15 +1033,16 @@ async fn from_file(
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (path, entry, columns, kinds, not_null, user_ids) = (
+        let (path, entry, columns, kinds, user_ids) = (
             path.clone(),
             entry.clone(),
             columns.clone(),
             kinds.clone(),
-            not_null.clone(),
             user_ids.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            // Whether each source column is NOT NULL (see `copy_text::write_export_field`).
+            let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
             let mut batch = Vec::with_capacity(1 << 20);
             let mut rows = 0usize;
             let mut row: Vec<serde_json::Value> = Vec::with_capacity(columns.len());
