@@ -293,7 +293,8 @@ pub struct PlanArgs {
 }
 
 /// What to do with a user id that user-mapping.json does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Unmapped {
     /// Stop before writing anything and list the ids (default).
     Fail,
@@ -301,6 +302,23 @@ pub enum Unmapped {
     Null,
     /// Keep the old Supabase id (it will point at no Stack Auth user).
     Keep,
+    /// Leave the whole row behind, listed in left-behind/<table>.csv (for NOT NULL columns
+    /// whose user was not migrated: anonymous, SSO, banned, deleted).
+    #[value(alias = "skip_row")]
+    SkipRow,
+}
+
+impl Unmapped {
+    /// The spelling of the mapping file (`unmapped = "skip_row"`).
+    pub fn parse_mapping(text: &str) -> Option<Unmapped> {
+        match text {
+            "fail" => Some(Unmapped::Fail),
+            "null" => Some(Unmapped::Null),
+            "keep" => Some(Unmapped::Keep),
+            "skip_row" => Some(Unmapped::SkipRow),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

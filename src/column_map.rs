@@ -66,6 +66,7 @@ use tokio_postgres::{Statement, Transaction};
 use toml::Spanned;
 
 use crate::catalog::{Column, Discovered, TableInfo};
+use crate::cli::Unmapped;
 use crate::ident::quote_ident;
 use crate::manifest::{self, TableSpec};
 
@@ -94,6 +95,30 @@ pub struct TableConfig {
     pub set: Vec<(Located<String>, Located<String>)>,
     pub user_ids_add: Vec<Located<String>>,
     pub user_ids_remove: Vec<Located<String>>,
+    /// `where`: the rows for which this condition is not true stay behind.
+    pub filter: Option<Located<String>>,
+    /// `unmapped = "skip_row"`: the policy for every user-id column of the table.
+    pub unmapped_all: Option<Located<Unmapped>>,
+    /// `unmapped = { column = "null" }`: per user-id column (source names).
+    pub unmapped_columns: Vec<(Located<String>, Unmapped)>,
+    /// Target columns of `set` entries with `compare = false`.
+    pub not_compared: BTreeSet<String>,
+    /// (target column, lookup) from `set` entries `{ lookup = ..., match = ..., take = ... }`.
+    pub lookups: Vec<(Located<String>, LookupConfig)>,
+}
+
+/// A `set` entry that takes a value from another source table, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LookupConfig {
+    /// The source table looked in, located at the entry.
+    pub table: Located<String>,
+    /// (column of the looked-up table, column of this table): the row whose columns equal
+    /// this row's.
+    pub matches: Vec<(String, String)>,
+    /// The column of the looked-up row whose value is taken.
+    pub take: String,
+    /// `missing = "null"`: a key that finds no row gives NULL instead of stopping the import.
+    pub missing_null: bool,
 }
 
 impl Default for Located<String> {
@@ -122,6 +147,9 @@ pub enum ColumnValue {
     Source { column: String, source_type: String },
     /// Computed by a `set` expression (see the module docs for the contract).
     Expression { sql: String, line: usize },
+    /// Taken from a row of another source table (`TableMap::lookups[index]`), found by fmig
+    /// in the exported source data and staged next to the row as `stage_column`.
+    Lookup { index: usize, stage_column: String },
 }
 
 /// A target column the import writes.
@@ -140,8 +168,30 @@ impl TargetColumn {
         match &self.value {
             ColumnValue::Source { column, .. } => format!("src.{}", quote_ident(column)),
             ColumnValue::Expression { sql, .. } => cast_sql(sql, &self.target_type),
+            ColumnValue::Lookup { stage_column, .. } => format!(
+                "CAST(src.{} AS {})",
+                quote_ident(stage_column),
+                self.target_type
+            ),
         }
     }
+}
+
+/// A lookup resolved against the source catalog: what the pipeline needs to find the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lookup {
+    /// The target column it feeds.
+    pub target_column: String,
+    /// The source table looked in.
+    pub table: String,
+    /// (column of `table`, column of this table).
+    pub matches: Vec<(String, String)>,
+    pub take: String,
+    /// The staging type of `take` (see [`staging_type`]): the type the value is staged with.
+    pub take_type: String,
+    pub missing_null: bool,
+    /// Where in the mapping file it is written (for messages).
+    pub line: usize,
 }
 
 /// Why a target column is not written.
@@ -190,6 +240,15 @@ pub struct TableMap {
     /// Source columns holding `auth.users` ids, rewritten to Stack Auth ids before anything
     /// else sees them (see [`ColumnMap::user_id_columns`]).
     pub user_id_columns: Vec<String>,
+    /// `where`: rows for which it is not true stay behind (evaluated over the staged row).
+    pub filter: Option<String>,
+    /// Values taken from other source tables; `ColumnValue::Lookup::index` points here.
+    pub lookups: Vec<Lookup>,
+    /// The mapping's `unmapped` policy per user-id column (source names); a column not listed
+    /// follows the command's `--unmapped`.
+    pub user_id_policies: BTreeMap<String, Unmapped>,
+    /// Target columns whose value is generated (`compare = false`): verify does not compare them.
+    pub not_compared: Vec<String>,
 }
 
 impl TableMap {
@@ -203,6 +262,23 @@ impl TableMap {
     /// The target column called `name`, if it is written.
     pub fn column(&self, name: &str) -> Option<&TargetColumn> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The policy for unmapped ids of user-id column `column`: the mapping's, else `default`.
+    pub fn policy(&self, column: &str, default: Unmapped) -> Unmapped {
+        self.user_id_policies
+            .get(column)
+            .copied()
+            .unwrap_or(default)
+    }
+
+    /// Whether rows of this table can stay behind (a filter, or a `skip_row` policy).
+    pub fn leaves_rows_behind(&self, default: Unmapped) -> bool {
+        self.filter.is_some()
+            || self
+                .user_id_columns
+                .iter()
+                .any(|c| self.policy(c, default) == Unmapped::SkipRow)
     }
 }
 
@@ -239,9 +315,13 @@ struct RawTable {
     #[serde(default)]
     drop: Vec<Spanned<String>>,
     #[serde(default)]
-    set: BTreeMap<Spanned<String>, Spanned<String>>,
+    set: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     user_id_columns: Option<RawUserIds>,
+    #[serde(default, rename = "where")]
+    filter: Option<Spanned<String>>,
+    #[serde(default)]
+    unmapped: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -398,8 +478,14 @@ impl ColumnMap {
                 }
                 config.drop.push(column);
             }
-            for (column, expression) in &table.set {
-                let (column, expression) = (locate(text, column), locate(text, expression));
+            for (column, entry) in &table.set {
+                let column = locate(text, column);
+                let at = locate(text, entry);
+                let Some(expression) =
+                    set_entry(&name.value, &column, &at, &mut config, &mut problems)
+                else {
+                    continue;
+                };
                 if expression.value.trim().is_empty() {
                     problems.push(problem(
                         &expression,
@@ -422,6 +508,32 @@ impl ColumnMap {
                     ));
                 }
                 config.set.push((column, expression));
+            }
+            if let Some(filter) = &table.filter {
+                let filter = locate(text, filter);
+                if filter.value.trim().is_empty() {
+                    problems.push(problem(
+                        &filter,
+                        format!(
+                            "[tables.{}] where: the condition is empty (remove the key to keep every row)",
+                            name.value
+                        ),
+                    ));
+                } else if let Some(why) = expression_problem(&filter.value) {
+                    problems.push(problem(
+                        &filter,
+                        format!(
+                            "[tables.{}] where: {why}. A row filter must be one SQL condition \
+                             over the source row (comments belong in the TOML, after #)",
+                            name.value
+                        ),
+                    ));
+                }
+                config.filter = Some(filter);
+            }
+            if let Some(unmapped) = &table.unmapped {
+                let at = locate(text, unmapped);
+                unmapped_entry(&name.value, &at, &mut config, &mut problems);
             }
             if let Some(ids) = &table.user_id_columns {
                 config.user_ids_add = ids.add.iter().map(|c| locate(text, c)).collect();
@@ -553,6 +665,28 @@ impl ColumnMap {
             let src = source.tables.get(name.as_str());
             let tgt = target.tables.get(target_name);
             validate_table(name, config, src, tgt, &mut problems);
+            validate_lookups(name, config, source, tgt, &mut problems);
+            if let (Some(spec), Some(_)) = (manifest::find(specs, name), src) {
+                let user_ids = self.user_id_columns(spec, source);
+                for (column, _) in &config.unmapped_columns {
+                    if !user_ids.contains(&column.value) {
+                        problems.push(problem(
+                            column,
+                            format!(
+                                "[tables.{name}] unmapped: {} is not a user-id column of {name} \
+                                 (they are: {}); add it to user_id_columns first if it holds \
+                                 auth.users ids",
+                                column.value,
+                                if user_ids.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    user_ids.join(", ")
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -589,6 +723,10 @@ impl ColumnMap {
             used_by_expressions: Vec::new(),
             unmapped: Vec::new(),
             user_id_columns: Vec::new(),
+            filter: None,
+            lookups: Vec::new(),
+            user_id_policies: BTreeMap::new(),
+            not_compared: Vec::new(),
         };
         if map.skip {
             return Ok(map);
@@ -625,6 +763,41 @@ impl ColumnMap {
                 map.unwritten.push(UnwrittenColumn {
                     name: column.name.clone(),
                     reason: Unwritten::Generated,
+                });
+                continue;
+            }
+            if let Some((index, (_, lookup))) = config
+                .lookups
+                .iter()
+                .enumerate()
+                .find(|(_, (c, _))| c.value == column.name)
+            {
+                let table = source.tables.get(&lookup.table.value).ok_or_else(|| {
+                    anyhow!(
+                        "lookup table {} does not exist in the source",
+                        lookup.table.value
+                    )
+                })?;
+                let take = table.column(&lookup.take).ok_or_else(|| {
+                    anyhow!("{} has no column {}", lookup.table.value, lookup.take)
+                })?;
+                let stage_column = format!("fmig_lookup_{index}");
+                map.lookups.push(Lookup {
+                    target_column: column.name.clone(),
+                    table: lookup.table.value.clone(),
+                    matches: lookup.matches.clone(),
+                    take: lookup.take.clone(),
+                    take_type: staging_type(take.type_oid, &take.type_name).to_string(),
+                    missing_null: lookup.missing_null,
+                    line: lookup.table.line,
+                });
+                map.columns.push(TargetColumn {
+                    name: column.name.clone(),
+                    target_type: column.type_name.clone(),
+                    value: ColumnValue::Lookup {
+                        index: map.lookups.len() - 1,
+                        stage_column,
+                    },
                 });
                 continue;
             }
@@ -666,7 +839,13 @@ impl ColumnMap {
             // A same-named target column that has a `set` expression replaces this column on
             // purpose: the expression decides what to do with it.
             let replaced = !renamed_away(&column.name)
-                && config.set.iter().any(|(c, _)| c.value == column.name);
+                && (config.set.iter().any(|(c, _)| c.value == column.name)
+                    || config.lookups.iter().any(|(c, _)| c.value == column.name));
+            // A lookup's key column carries its value into the looked-up one.
+            let lookup_key = config
+                .lookups
+                .iter()
+                .any(|(_, l)| l.matches.iter().any(|(_, own)| *own == column.name));
             // A same-named generated target column recomputes it: nothing is lost.
             let recomputed = !renamed_away(&column.name)
                 && tgt.column(&column.name).is_some_and(|c| c.generated);
@@ -675,13 +854,31 @@ impl ColumnMap {
             }
             if dropped(&column.name) {
                 map.dropped.push(column.name.clone());
-            } else if expressions.iter().any(|e| mentions(e, &column.name)) {
+            } else if lookup_key || expressions.iter().any(|e| mentions(e, &column.name)) {
                 map.used_by_expressions.push(column.name.clone());
             } else {
                 map.unmapped.push(column.name.clone());
             }
         }
         map.user_id_columns = self.user_id_columns(spec, source);
+        map.filter = config.filter.as_ref().map(|f| f.value.clone());
+        for column in &map.user_id_columns {
+            let policy = config
+                .unmapped_columns
+                .iter()
+                .find(|(c, _)| c.value == *column)
+                .map(|(_, p)| *p)
+                .or(config.unmapped_all.as_ref().map(|p| p.value));
+            if let Some(policy) = policy {
+                map.user_id_policies.insert(column.clone(), policy);
+            }
+        }
+        map.not_compared = map
+            .columns
+            .iter()
+            .filter(|c| config.not_compared.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
         Ok(map)
     }
 }
@@ -778,6 +975,182 @@ pub fn server_message(err: &tokio_postgres::Error) -> String {
             text
         }
         None => err.to_string(),
+    }
+}
+
+const POLICIES: &str = "\"fail\", \"null\", \"keep\" or \"skip_row\"";
+
+/// One `set` entry: a string is an SQL expression; `{ sql = "...", compare = false }` one that
+/// verify does not compare; `{ lookup = ..., match = ..., take = ... }` a lookup (recorded in
+/// `config.lookups`). Returns the SQL expression, if the entry is one.
+fn set_entry(
+    table: &str,
+    column: &Located<String>,
+    at: &Located<toml::Value>,
+    config: &mut TableConfig,
+    problems: &mut Vec<Problem>,
+) -> Option<Located<String>> {
+    let located = |value: String| Located {
+        value,
+        line: at.line,
+        column: at.column,
+    };
+    let mut complain = |message: String| {
+        problems.push(Problem {
+            line: at.line,
+            column: at.column,
+            message: format!("[tables.{table}.set] {}: {message}", column.value),
+        });
+    };
+    let entry = match &at.value {
+        toml::Value::String(sql) => return Some(located(sql.clone())),
+        toml::Value::Table(entry) => entry,
+        other => {
+            complain(format!(
+                "expected an SQL expression in quotes, {{ sql = \"...\", compare = false }} or \
+                 {{ lookup = \"table\", match = {{ column = \"source column\" }}, take = \"column\" }}, \
+                 found {}",
+                other.type_str()
+            ));
+            return None;
+        }
+    };
+    let string = |key: &str| entry.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    if entry.contains_key("lookup") {
+        let unknown: Vec<&String> = entry
+            .keys()
+            .filter(|k| !["lookup", "match", "take", "missing"].contains(&k.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            complain(format!(
+                "unknown key(s) {} in a lookup; a lookup has lookup, match, take and missing",
+                unknown
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return None;
+        }
+        let (Some(lookup), Some(take)) = (string("lookup"), string("take")) else {
+            complain(
+                "a lookup needs lookup = \"<source table>\" and take = \"<its column>\"".into(),
+            );
+            return None;
+        };
+        let matches: Option<Vec<(String, String)>> = entry
+            .get("match")
+            .and_then(|m| m.as_table())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or(None);
+        let matches = match matches {
+            Some(m) if !m.is_empty() => m,
+            _ => {
+                complain(format!(
+                    "a lookup needs match = {{ <column of {lookup}> = \"<column of {table}>\" }}"
+                ));
+                return None;
+            }
+        };
+        let missing_null = match string("missing").as_deref() {
+            None | Some("fail") => false,
+            Some("null") => true,
+            Some(other) => {
+                complain(format!(
+                    "missing = {other:?}: write \"null\" (a key that finds no row gives NULL) or \
+                     \"fail\" (the default: such a key stops the import before it writes)"
+                ));
+                return None;
+            }
+        };
+        config.lookups.push((
+            column.clone(),
+            LookupConfig {
+                table: located(lookup),
+                matches,
+                take,
+                missing_null,
+            },
+        ));
+        return None;
+    }
+    let unknown: Vec<&String> = entry
+        .keys()
+        .filter(|k| !["sql", "compare"].contains(&k.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        complain(format!(
+            "unknown key(s) {}; an expression entry has sql and compare (a lookup starts with lookup = ...)",
+            unknown
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return None;
+    }
+    let Some(sql) = string("sql") else {
+        complain("expected sql = \"<SQL expression>\"".into());
+        return None;
+    };
+    match entry.get("compare") {
+        None | Some(toml::Value::Boolean(true)) => {}
+        Some(toml::Value::Boolean(false)) => {
+            config.not_compared.insert(column.value.clone());
+        }
+        Some(_) => {
+            complain("compare must be true or false".into());
+            return None;
+        }
+    }
+    Some(located(sql))
+}
+
+/// `unmapped = "skip_row"` or `unmapped = { column = "null", ... }`.
+fn unmapped_entry(
+    table: &str,
+    at: &Located<toml::Value>,
+    config: &mut TableConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let bad = |what: &str| Problem {
+        line: at.line,
+        column: at.column,
+        message: format!(
+            "[tables.{table}] unmapped: {what}; write one of {POLICIES}, or {{ <user-id column> = \"...\" }}"
+        ),
+    };
+    match &at.value {
+        toml::Value::String(text) => match Unmapped::parse_mapping(text) {
+            Some(policy) => {
+                config.unmapped_all = Some(Located {
+                    value: policy,
+                    line: at.line,
+                    column: at.column,
+                })
+            }
+            None => problems.push(bad(&format!("{text:?} is not a policy"))),
+        },
+        toml::Value::Table(columns) => {
+            for (column, policy) in columns {
+                match policy.as_str().and_then(Unmapped::parse_mapping) {
+                    Some(policy) => config.unmapped_columns.push((
+                        Located {
+                            value: column.clone(),
+                            line: at.line,
+                            column: at.column,
+                        },
+                        policy,
+                    )),
+                    None => problems.push(bad(&format!("{column} = {policy} is not a policy"))),
+                }
+            }
+        }
+        other => problems.push(bad(&format!("found {}", other.type_str()))),
     }
 }
 
@@ -926,6 +1299,87 @@ fn validate_table(
     }
     for column in &config.user_ids_remove {
         source_column(column, "user_id_columns.remove", problems);
+    }
+}
+
+/// The name checks of a table's lookups: the looked-up table and every column exist, and the
+/// target column is fed by nothing else.
+fn validate_lookups(
+    name: &str,
+    config: &TableConfig,
+    source: &Discovered,
+    tgt: Option<&TableInfo>,
+    problems: &mut Vec<Problem>,
+) {
+    for (column, lookup) in &config.lookups {
+        let at = &lookup.table;
+        let entry = format!("[tables.{name}.set] {}", column.value);
+        if let Some(tgt) = tgt
+            && tgt.column(&column.value).is_none()
+        {
+            problems.push(problem(
+                column,
+                format!(
+                    "{entry}: target column {} does not exist in {} (its columns: {})",
+                    column.value,
+                    tgt.name,
+                    columns_list(tgt)
+                ),
+            ));
+        }
+        if config.rename.iter().any(|(_, to)| to.value == column.value) {
+            problems.push(problem(
+                column,
+                format!("{entry}: the column is also the target of a rename; keep one of the two"),
+            ));
+        }
+        let Some(looked_in) = source.tables.get(&at.value) else {
+            problems.push(problem(
+                at,
+                format!(
+                    "{entry}: lookup = {:?}: the source has no table {}; a lookup reads an \
+                     exported source table",
+                    at.value, at.value
+                ),
+            ));
+            continue;
+        };
+        let own = source.tables.get(name);
+        for (theirs, mine) in &lookup.matches {
+            if looked_in.column(theirs).is_none() {
+                problems.push(problem(
+                    at,
+                    format!(
+                        "{entry}: match: {} has no column {theirs} (its columns: {})",
+                        at.value,
+                        columns_list(looked_in)
+                    ),
+                ));
+            }
+            if let Some(own) = own
+                && own.column(mine).is_none()
+            {
+                problems.push(problem(
+                    at,
+                    format!(
+                        "{entry}: match: {theirs} = {mine:?}, but {name} has no column {mine} \
+                         (its columns: {})",
+                        columns_list(own)
+                    ),
+                ));
+            }
+        }
+        if looked_in.column(&lookup.take).is_none() {
+            problems.push(problem(
+                at,
+                format!(
+                    "{entry}: take = {:?}: {} has no such column (its columns: {})",
+                    lookup.take,
+                    at.value,
+                    columns_list(looked_in)
+                ),
+            ));
+        }
     }
 }
 
@@ -1409,6 +1863,80 @@ mod tests {
         assert!(err.contains("nope.toml"), "{err}");
         // (The default path is relative to the working directory, which tests do not change.)
         assert!(ColumnMap::empty().is_empty());
+    }
+
+    #[test]
+    fn parses_filters_policies_lookups_and_uncompared_values() {
+        let map = parse(
+            "[tables.sensor_readings]\n\
+             where = \"temperature IS NOT NULL\"\n\
+             unmapped = \"skip_row\"\n\
+             [tables.user_roles]\n\
+             unmapped = { user_id = \"null\" }\n\
+             [tables.manual_temperature_logs.set]\n\
+             profile_id = { lookup = \"profiles\", match = { user_id = \"logged_by\" }, take = \"id\" }\n\
+             [tables.ttn_connections.set]\n\
+             webhook_secret = { sql = \"md5(random()::text)\", compare = false }\n",
+        )
+        .unwrap();
+        let readings = map.table("sensor_readings").unwrap();
+        assert_eq!(
+            readings.filter.as_ref().unwrap().value,
+            "temperature IS NOT NULL"
+        );
+        assert_eq!(
+            readings.unmapped_all.as_ref().unwrap().value,
+            Unmapped::SkipRow
+        );
+        let roles = map.table("user_roles").unwrap();
+        assert_eq!(roles.unmapped_columns[0].0.value, "user_id");
+        assert_eq!(roles.unmapped_columns[0].1, Unmapped::Null);
+        let logs = map.table("manual_temperature_logs").unwrap();
+        let (column, lookup) = &logs.lookups[0];
+        assert_eq!(column.value, "profile_id");
+        assert_eq!(lookup.table.value, "profiles");
+        assert_eq!(lookup.table.line, 7);
+        assert_eq!(lookup.matches, vec![("user_id".into(), "logged_by".into())]);
+        assert_eq!(lookup.take, "id");
+        assert!(!lookup.missing_null);
+        assert!(logs.set.is_empty(), "a lookup is not an SQL expression");
+        let ttn = map.table("ttn_connections").unwrap();
+        assert_eq!(ttn.set[0].1.value, "md5(random()::text)");
+        assert!(ttn.not_compared.contains("webhook_secret"));
+    }
+
+    #[test]
+    fn misused_new_keys_name_the_line_and_what_to_write() {
+        for (text, expected) in [
+            (
+                "[tables.alerts]\nunmapped = \"drop\"\n",
+                "fmig.toml:2:12: [tables.alerts] unmapped: \"drop\" is not a policy",
+            ),
+            (
+                "[tables.alerts.set]\nx = { lookup = \"profiles\", take = \"id\" }\n",
+                "fmig.toml:2:5: [tables.alerts.set] x: a lookup needs match",
+            ),
+            (
+                "[tables.alerts.set]\nx = { lookup = \"p\", match = { a = \"b\" }, take = \"id\", missing = \"zero\" }\n",
+                "missing = \"zero\": write \"null\"",
+            ),
+            (
+                "[tables.alerts.set]\nx = { sql = \"1\", compare = \"no\" }\n",
+                "compare must be true or false",
+            ),
+            (
+                "[tables.alerts.set]\nx = { sql = \"1\", comapre = false }\n",
+                "unknown key(s) comapre",
+            ),
+            (
+                "[tables.alerts]\nwhere = \"true; DROP TABLE x\"\n",
+                "[tables.alerts] where: it contains `;`",
+            ),
+            ("[tables.alerts.set]\nx = 3\n", "found integer"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}\n{err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod json_rows;
 pub mod logging;
 pub mod manifest;
 pub mod metadata;
+pub mod pipeline;
 pub mod progress;
 pub mod redact;
 pub mod report;

@@ -983,6 +983,42 @@ async fn table_findings(
                         format!("set by expression {sql:?}"),
                     )),
                 }
+                if reads_tables(sql) {
+                    out.push(Pending::fixed(
+                        "expression_reads_target",
+                        &[&column.name],
+                        Class::Lossy,
+                        "the expression reads tables of the target: its result depends on what \
+                         the target holds when it runs, and verify cannot check it from the \
+                         source alone; a lookup (set = { lookup = \"table\", match = { ... }, \
+                         take = \"column\" }) is computed from the exported source rows instead"
+                            .into(),
+                    ));
+                }
+            }
+            ColumnValue::Lookup { index, .. } => {
+                let lookup = &map.lookups[*index];
+                let matches: Vec<String> = lookup
+                    .matches
+                    .iter()
+                    .map(|(theirs, own)| format!("{theirs} = {own}"))
+                    .collect();
+                out.push(Pending::fixed(
+                    "set_by_lookup",
+                    &[&column.name],
+                    Class::Ok,
+                    format!(
+                        "looked up in the source's {} ({}), taking {}{}",
+                        lookup.table,
+                        matches.join(", "),
+                        lookup.take,
+                        if lookup.missing_null {
+                            "; a key that finds no row gives NULL"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
             }
         }
     }
@@ -1646,6 +1682,14 @@ fn user_id_findings(
         let (source_column, settled_by) = match &written.value {
             ColumnValue::Source { column, .. } => (column.clone(), None),
             ColumnValue::Expression { sql, .. } => (target_column.clone(), Some(sql.clone())),
+            ColumnValue::Lookup { index, .. } => {
+                let lookup = &map.lookups[*index];
+                let own = lookup.matches.first().map(|(_, own)| own.clone());
+                (
+                    own.unwrap_or_else(|| target_column.clone()),
+                    Some(format!("lookup in {}", lookup.table)),
+                )
+            }
         };
         if !map.user_id_columns.contains(&source_column) {
             continue;
@@ -1669,6 +1713,11 @@ fn user_id_findings(
             settled_by,
         });
     }
+}
+
+/// Whether an expression holds a subquery (`SELECT ... FROM`): it then reads the target's tables.
+fn reads_tables(sql: &str) -> bool {
+    crate::column_map::mentions(sql, "select") && crate::column_map::mentions(sql, "from")
 }
 
 fn share_text(matching: i64, non_null: i64) -> String {
@@ -1781,6 +1830,10 @@ fn foreign_key_findings(
             [c] => map.column(c).is_some_and(|w| match &w.value {
                 ColumnValue::Source { column, .. } => map.user_id_columns.contains(column),
                 ColumnValue::Expression { .. } => map.user_id_columns.contains(c),
+                ColumnValue::Lookup { index, .. } => map.lookups[*index]
+                    .matches
+                    .iter()
+                    .any(|(_, own)| map.user_id_columns.contains(own)),
             }),
             _ => false,
         };

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -42,9 +43,12 @@ use crate::ident::{QualifiedName, quote_ident, quote_literal};
 use crate::json_rows;
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
+use crate::pipeline;
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::user_mapping::UserMapping;
+
+mod rows;
 
 /// How a failed check before the load begins: the operator's first question is whether the
 /// target was touched.
@@ -62,21 +66,31 @@ struct TablePlan {
     /// The file's columns (source names, in `entry`'s order) and their JSON kinds.
     columns: Vec<String>,
     kinds: Vec<ColumnKind>,
-    /// Indices (into `columns`) of user-id columns, with whether NULL may replace an unmapped id.
-    user_ids: Vec<(usize, bool)>,
+    /// Indices (into `columns`) of user-id columns, with whether NULL may replace an unmapped id,
+    /// and the column's policy for unmapped ids (the mapping's, else `--unmapped`).
+    user_ids: Vec<(usize, bool, Unmapped)>,
     /// `COPY ... FROM STDIN` into the target (direct) or into the staging table.
     copy_sql: String,
     /// Indices (into `columns`) of the values COPY sends, in COPY column order.
     copy_fields: Vec<usize>,
     /// For staged tables: the staging table's DDL and the INSERT ... SELECT from it.
     staging: Option<(String, String)>,
+    /// Rows of the file that stay behind (decided before the first write).
+    left_behind: Arc<BTreeMap<u64, pipeline::Reason>>,
+    /// Values taken from other source tables, appended to each staged row.
+    lookups: pipeline::Lookups,
 }
 
 /// A batch of COPY text on its way to the server.
 struct Batch {
     /// Index in the file of the batch's first row.
     first_row: u64,
+    /// Index in the file after the batch's last row: what the checkpoint records. Rows that
+    /// stay behind are passed over, so it can be more than `first_row + rows`.
+    next_row: u64,
     rows: u64,
+    /// File index of each row sent (to name the row the server rejects).
+    file_rows: Vec<u64>,
     data: Vec<u8>,
 }
 
@@ -87,6 +101,8 @@ struct Loaded {
     already: u64,
     loaded: u64,
     seconds: f64,
+    /// Rows of the file left behind on purpose.
+    left_behind: u64,
 }
 
 pub async fn run(args: &ImportArgs) -> Result<Outcome> {
@@ -141,11 +157,19 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
             );
         };
         let map = column_map.resolve(spec, &source, &target)?;
-        plans.push(plan_table(spec, entry.clone(), map, &target)?);
+        plans.push(plan_table(
+            spec,
+            entry.clone(),
+            map,
+            &target,
+            args.unmapped,
+        )?);
     }
 
     // 2. Every file read once; user ids checked against the mapping.
-    let needs_mapping = plans.iter().any(|p| !p.user_ids.is_empty());
+    let needs_mapping = plans
+        .iter()
+        .any(|p| !p.user_ids.is_empty() || !p.map.lookups.is_empty());
     let user_map = if needs_mapping {
         Some(load_user_mapping(&mapping_path, args.unmapped)?)
     } else {
@@ -153,8 +177,24 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     };
     let unmapped = check_files(dir, &plans, user_map.as_ref())?;
     if !unmapped.is_empty() {
-        handle_unmapped(&unmapped, &plans, args.unmapped, &mapping_path)?;
+        handle_unmapped(&unmapped, &plans, &mapping_path)?;
     }
+    // 2b. Rows that stay behind, and lookups, decided from the export alone, before any write.
+    let user_map = Arc::new(user_map.unwrap_or_default());
+    let decided = rows::decide(
+        &client,
+        dir,
+        &metadata,
+        &column_map,
+        &source,
+        &target,
+        &mut plans,
+        &user_map,
+        args.unmapped,
+    )
+    .await
+    .context(NOTHING_WRITTEN)?;
+    let user_map = Some(user_map.as_ref().clone());
 
     // 3. Checkpoints and what each table needs.
     let checkpoints = read_checkpoints(&client).await?;
@@ -210,6 +250,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         progress::suspend(|| print!("{text}"));
         return Ok(Outcome::Success);
     }
+    rows::write_left_behind(dir, &plans, &decided)?;
 
     // 4. Load.
     client
@@ -272,9 +313,9 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         .await
         .context("could not record the end of the import")?;
 
-    let summary = render_summary(&results, started.elapsed().as_secs_f64(), &orphans);
+    let summary = render_summary(&results, started.elapsed().as_secs_f64(), &orphans, dir);
     for r in &results {
-        info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, seconds = r.seconds, "imported");
+        info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, left_behind = r.left_behind, seconds = r.seconds, "imported");
     }
     info!(target: "fmig::report", tables = results.len(), rows = results.iter().map(|r| r.loaded).sum::<u64>(), seconds = started.elapsed().as_secs_f64(), orphans = orphans.len(), "import summary");
     progress::suspend(|| print!("{summary}"));
@@ -299,9 +340,14 @@ pub async fn check_expressions(
         .start()
         .await
         .context("could not open a read-only transaction on the target")?;
-    let checked = column_map
+    let mut checked = column_map
         .check_expressions(manifest::builtin(), source, target, &mut tx)
         .await;
+    if checked.is_ok() {
+        checked =
+            pipeline::check_statements(column_map, manifest::builtin(), source, target, &mut tx)
+                .await;
+    }
     tx.rollback().await?;
     checked.map_err(|e| {
         anyhow!(
@@ -361,6 +407,7 @@ fn plan_table(
     entry: FileEntry,
     map: TableMap,
     target: &Discovered,
+    default_policy: Unmapped,
 ) -> Result<TablePlan> {
     let name = spec.name;
     if !map.unmapped.is_empty() {
@@ -410,26 +457,21 @@ fn plan_table(
             .target_of(column)
             .and_then(|t| info.column(&t.name))
             .is_none_or(|c| !c.not_null);
-        user_ids.push((i, nullable));
+        user_ids.push((i, nullable, map.policy(column, default_policy)));
     }
     let target_name = QualifiedName::new(APP_SCHEMA, &map.target_table);
 
     // Straight in when every written column is a source column of the same type.
-    let direct = map.columns.iter().all(|t| match &t.value {
-        ColumnValue::Source { source_type, .. } => *source_type == t.target_type,
-        ColumnValue::Expression { .. } => false,
-    });
-    let (copy_sql, copy_fields, staging) = if direct {
-        let fields = map
-            .columns
-            .iter()
-            .map(|t| match &t.value {
-                ColumnValue::Source { column, .. } => {
-                    index(column).ok_or_else(|| anyhow!("{name}: no column {column} in the export"))
-                }
-                ColumnValue::Expression { .. } => unreachable!("direct tables have no expressions"),
-            })
-            .collect::<Result<Vec<_>>>()?;
+    let (copy_sql, copy_fields, staging) = if pipeline::copies_directly(&map) {
+        let fields =
+            map.columns
+                .iter()
+                .map(|t| match &t.value {
+                    ColumnValue::Source { column, .. } => index(column)
+                        .ok_or_else(|| anyhow!("{name}: no column {column} in the export")),
+                    _ => unreachable!("direct tables copy source columns only"),
+                })
+                .collect::<Result<Vec<_>>>()?;
         let list: Vec<String> = map.columns.iter().map(|t| quote_ident(&t.name)).collect();
         (
             format!(
@@ -441,40 +483,18 @@ fn plan_table(
             None,
         )
     } else {
-        // The staging table has the source's shape (the expression contract in column_map).
+        // The staging table has the source's shape (the expression contract in column_map),
+        // and a column per lookup.
         let stage = format!("fmig_stage_{}", spec.name);
-        let defs: Vec<String> = entry
-            .columns
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {}",
-                    quote_ident(&c.name),
-                    crate::column_map::staging_type(c.type_oid, &c.type_name)
-                )
-            })
-            .collect();
+        let defs = pipeline::staging_columns(&entry_columns(&entry), &map);
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
             quote_ident(&stage),
             defs.join(", ")
         );
-        let list: Vec<String> = map.columns.iter().map(|t| quote_ident(&t.name)).collect();
-        let select: Vec<String> = map.columns.iter().map(|t| t.select_sql()).collect();
-        let insert = format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {} AS src",
-            target_name.quoted(),
-            list.join(", "),
-            select.join(", "),
-            quote_ident(&stage)
-        );
-        let all: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let insert = pipeline::insert_sql(&target_name, &map, &quote_ident(&stage));
         (
-            format!(
-                "COPY {} ({}) FROM STDIN",
-                quote_ident(&stage),
-                all.join(", ")
-            ),
+            format!("COPY {} FROM STDIN", quote_ident(&stage)),
             (0..columns.len()).collect(),
             Some((create, insert)),
         )
@@ -490,7 +510,18 @@ fn plan_table(
         copy_sql,
         copy_fields,
         staging,
+        left_behind: Arc::default(),
+        lookups: pipeline::Lookups::default(),
     })
+}
+
+/// (name, type oid, type name) of an export file's columns, as the pipeline takes them.
+pub fn entry_columns(entry: &FileEntry) -> Vec<(&str, u32, &str)> {
+    entry
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
+        .collect()
 }
 
 /// The user mapping as the import needs it: old Supabase id (lower-cased) -> Stack Auth id.
@@ -529,13 +560,17 @@ fn check_files(
         // and skipped, not built (the load reads them again).
         let mut keep = vec![false; plan.columns.len()];
         if user_map.is_some() {
-            for &(c, _) in &plan.user_ids {
+            for &(c, _, _) in &plan.user_ids {
                 keep[c] = true;
             }
         }
         json_rows::read_rows_keeping(&path, &plan.columns, &plan.kinds, &keep, |i, values| {
             if let Some(map) = user_map {
-                for &(c, _) in &plan.user_ids {
+                // skip_row columns are decided with the rows that stay behind.
+                for &(c, _, policy) in &plan.user_ids {
+                    if policy == Unmapped::SkipRow {
+                        continue;
+                    }
                     if let Value::String(id) = &values[c]
                         && !map.contains_key(&id.to_ascii_lowercase())
                     {
@@ -561,12 +596,29 @@ fn check_files(
 
 /// Reports user ids without a mapping per column (a short table on the console; every id in the
 /// log file) and applies `--unmapped`: fail before writing, or go on writing NULL or the old id.
-fn handle_unmapped(
-    unmapped: &UnmappedIds,
-    plans: &[TablePlan],
-    policy: Unmapped,
-    mapping: &Path,
-) -> Result<()> {
+fn handle_unmapped(unmapped: &UnmappedIds, plans: &[TablePlan], mapping: &Path) -> Result<()> {
+    let column_of = |table: &str, column: &str| {
+        let plan = plans
+            .iter()
+            .find(|p| p.spec.name == table)
+            .expect("planned");
+        let i = plan
+            .columns
+            .iter()
+            .position(|c| c == column)
+            .expect("column");
+        *plan
+            .user_ids
+            .iter()
+            .find(|&&(c, _, _)| c == i)
+            .expect("a user-id column")
+    };
+    // The strictest policy among the columns decides: fail, then null, then keep.
+    let policies: Vec<Unmapped> = unmapped.keys().map(|(t, c)| column_of(t, c).2).collect();
+    let policy = [Unmapped::Fail, Unmapped::Null, Unmapped::Keep]
+        .into_iter()
+        .find(|p| policies.contains(p))
+        .unwrap_or(Unmapped::Keep);
     let mut table = TextTable::new(&[
         ("column", Align::Left),
         ("users", Align::Right),
@@ -576,6 +628,9 @@ fn handle_unmapped(
     let mut ids: BTreeSet<&str> = BTreeSet::new();
     let mut total_rows = 0u64;
     for ((table_name, column), values) in unmapped {
+        if policy == Unmapped::Fail && column_of(table_name, column).2 != Unmapped::Fail {
+            continue;
+        }
         let rows: u64 = values.values().sum();
         total_rows += rows;
         let shown: Vec<&str> = values.keys().take(2).map(String::as_str).collect();
@@ -597,7 +652,7 @@ fn handle_unmapped(
         ids.extend(values.keys().map(String::as_str));
     }
     let summary = format!(
-        "{} user id(s) in {} row(s) have no entry in {} (every id is in the log file):\n{}",
+        "{} user id(s) in {} row(s) have no entry in {} (every id is in the log file; policy {policy:?}):\n{}",
         thousands(ids.len() as i64),
         thousands(total_rows as i64),
         mapping.display(),
@@ -607,28 +662,19 @@ fn handle_unmapped(
         Unmapped::Fail => bail!(
             "{summary}The import stopped before its first write: nothing was written.\n  next step: run fmig migrate-users for the missing \
              users, or choose explicitly: --unmapped null (write NULL; nullable columns only) or \
-             --unmapped keep (keep the old ids, which point at no Stack Auth user)"
+             --unmapped keep (keep the old ids, which point at no Stack Auth user), or per \
+             table or column in the column mapping: unmapped = \"skip_row\" leaves such rows \
+             behind, listed"
         ),
-        Unmapped::Null => {
+        Unmapped::Null | Unmapped::Keep | Unmapped::SkipRow => {
             for (table, column) in unmapped.keys() {
-                let plan = plans
-                    .iter()
-                    .find(|p| p.spec.name == table)
-                    .expect("planned");
-                let i = plan
-                    .columns
-                    .iter()
-                    .position(|c| c == column)
-                    .expect("column");
-                if !plan
-                    .user_ids
-                    .iter()
-                    .any(|&(c, nullable)| c == i && nullable)
-                {
+                let (_, nullable, policy) = column_of(table, column);
+                if policy == Unmapped::Null && !nullable {
                     bail!(
                         "--unmapped null: {table}.{column} is NOT NULL in the target, so its \
                          unmapped ids cannot become NULL; nothing was written.\n{summary}  \
-                         next step: migrate those users, or use --unmapped keep"
+                         next step: migrate those users, use --unmapped keep, or leave their \
+                         rows behind with unmapped = \"skip_row\" in the column mapping"
                     );
                 }
             }
@@ -636,15 +682,7 @@ fn handle_unmapped(
             warn!(
                 ids = ids.len(),
                 rows = total_rows,
-                "--unmapped null: these user ids will be written as NULL"
-            );
-        }
-        Unmapped::Keep => {
-            progress::suspend(|| print!("{summary}"));
-            warn!(
-                ids = ids.len(),
-                rows = total_rows,
-                "--unmapped keep: these old user ids are kept as they are (they point at no Stack Auth user)"
+                "these user ids are written as NULL (policy null) or kept as they are (policy keep: they point at no Stack Auth user)"
             );
         }
     }
@@ -719,6 +757,7 @@ async fn load_table(
             already: from,
             loaded: 0,
             seconds: 0.0,
+            left_behind: plan.left_behind.len() as u64,
         });
     }
     if let Some((create, _)) = &plan.staging {
@@ -746,48 +785,77 @@ async fn load_table(
                 .collect()
         });
         let batch_size = u64::from(args.batch_size);
-        let unmapped = args.unmapped;
+        let left_behind = plan.left_behind.clone();
+        let lookups = plan.lookups.clone();
         tokio::task::spawn_blocking(move || {
             static NULL: Value = Value::Null;
             let mut batch = Batch {
                 first_row: from,
+                next_row: from,
                 rows: 0,
+                file_rows: Vec::new(),
                 data: Vec::with_capacity(64 * 1024),
             };
             // Per column of the file: the value written instead of the file's (a user id
             // rewritten, or NULL for an unmapped one); None writes the file's value.
             let mut rewritten: Vec<Option<&Value>> = vec![None; columns.len()];
+            let mut line = Vec::new();
             json_rows::read_rows(&path, &columns, |i, values| {
                 if i < from {
                     return Ok(());
                 }
-                if let Some(map) = &user_map {
-                    for &(c, _) in &user_ids {
-                        rewritten[c] = None;
-                        if let Value::String(old) = &values[c] {
-                            match map.get(&old.to_ascii_lowercase()) {
-                                Some(new) => rewritten[c] = Some(new),
-                                None if unmapped == Unmapped::Null => rewritten[c] = Some(&NULL),
-                                None if unmapped == Unmapped::Keep => {}
-                                None => bail!("row {}: user id {old} has no mapping", i + 1),
+                batch.next_row = i + 1;
+                if !left_behind.contains_key(&i) {
+                    if let Some(map) = &user_map {
+                        for &(c, _, policy) in &user_ids {
+                            rewritten[c] = None;
+                            if let Value::String(old) = &values[c] {
+                                match map.get(&old.to_ascii_lowercase()) {
+                                    Some(new) => rewritten[c] = Some(new),
+                                    None if policy == Unmapped::Null => rewritten[c] = Some(&NULL),
+                                    None if policy == Unmapped::Keep => {}
+                                    // skip_row rows were left behind above; fail stopped the
+                                    // import before it began: the file changed since.
+                                    None => bail!("row {}: user id {old} has no mapping", i + 1),
+                                }
                             }
                         }
                     }
-                }
-                for (n, &f) in fields.iter().enumerate() {
-                    if n > 0 {
-                        batch.data.push(b'\t');
+                    let out = if lookups.is_empty() {
+                        &mut batch.data
+                    } else {
+                        line.clear();
+                        &mut line
+                    };
+                    for (n, &f) in fields.iter().enumerate() {
+                        if n > 0 {
+                            out.push(b'\t');
+                        }
+                        let value = rewritten[f].unwrap_or(&values[f]);
+                        copy_text::write_export_field(out, &kinds[f], not_null[f], value)
+                            .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
                     }
-                    let value = rewritten[f].unwrap_or(&values[f]);
-                    copy_text::write_export_field(&mut batch.data, &kinds[f], not_null[f], value)
-                        .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
+                    out.push(b'\n');
+                    if !lookups.is_empty() {
+                        if let Some(n) = lookups.append(&mut line)
+                            && !lookups.missing_null[n]
+                        {
+                            bail!(
+                                "row {}: a lookup found no row; the export changed since the check",
+                                i + 1
+                            );
+                        }
+                        batch.data.extend_from_slice(&line);
+                    }
+                    batch.rows += 1;
+                    batch.file_rows.push(i);
                 }
-                batch.data.push(b'\n');
-                batch.rows += 1;
                 if batch.rows == batch_size {
                     let next = Batch {
                         first_row: i + 1,
+                        next_row: i + 1,
                         rows: 0,
+                        file_rows: Vec::new(),
                         data: Vec::with_capacity(batch.data.capacity()),
                     };
                     let full = std::mem::replace(&mut batch, next);
@@ -797,7 +865,9 @@ async fn load_table(
                 }
                 Ok(())
             })?;
-            if batch.rows > 0 {
+            // Also a batch of no rows, when rows at the end stay behind: its checkpoint says
+            // the file is done.
+            if batch.rows > 0 || batch.next_row > batch.first_row {
                 let _ = sender.blocking_send(batch);
             }
             Ok::<(), anyhow::Error>(())
@@ -824,12 +894,12 @@ async fn load_table(
     while let Some(statements) = &statements
         && let Some(batch) = receiver.recv().await
     {
-        let (first_row, rows) = (batch.first_row, batch.rows);
+        let next_row = batch.next_row;
         if let Err(e) = write_batch(client, plan, statements, batch).await {
             failure = Some(e);
             break;
         }
-        committed = first_row + rows;
+        committed = next_row;
         bar.set_position(committed);
     }
     drop(receiver);
@@ -860,8 +930,9 @@ async fn load_table(
         table: name.to_string(),
         rows_in_file: total,
         already: from,
-        loaded: committed - from,
+        loaded: committed - from - plan.left_behind.range(from..).count() as u64,
         seconds: started.elapsed().as_secs_f64(),
+        left_behind: plan.left_behind.len() as u64,
     })
 }
 
@@ -898,17 +969,18 @@ async fn write_batch(
     client: &Client,
     plan: &TablePlan,
     statements: &BatchStatements,
-    batch: Batch,
+    mut batch: Batch,
 ) -> Result<()> {
     let sink = client.copy_in(&statements.copy).await?;
     pin_mut!(sink);
     let copied = async {
-        sink.send(Bytes::from(batch.data)).await?;
+        sink.send(Bytes::from(std::mem::take(&mut batch.data)))
+            .await?;
         sink.finish().await
     }
     .await;
     if let Err(e) = copied {
-        return Err(row_error(plan, batch.first_row, batch.rows, e));
+        return Err(row_error(plan, &batch, e));
     }
     if let Some(insert) = &statements.insert {
         client.execute(insert, &[]).await.map_err(|e| {
@@ -917,7 +989,7 @@ async fn write_batch(
                     "{}: writing rows {}..{} of {} failed",
                     plan.spec.name,
                     batch.first_row + 1,
-                    batch.first_row + batch.rows,
+                    batch.next_row,
                     plan.entry.file
                 ));
             }
@@ -925,13 +997,13 @@ async fn write_batch(
                 "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
                 plan.spec.name,
                 batch.first_row + 1,
-                batch.first_row + batch.rows,
+                batch.next_row,
                 plan.entry.file,
                 crate::column_map::server_message(&e)
             )
         })?;
     }
-    let done = batch.first_row + batch.rows;
+    let done = batch.next_row;
     client
         .batch_execute(&format!(
             "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
@@ -951,19 +1023,15 @@ async fn write_batch(
 /// Names the file row, column and reason of a row the server rejected. The server's CONTEXT
 /// (`COPY t, line 7, column c: "value"`) would show the value; only the line and column are
 /// kept, since the value may be personal data.
-fn row_error(
-    plan: &TablePlan,
-    first_row: u64,
-    rows: u64,
-    e: tokio_postgres::Error,
-) -> anyhow::Error {
+fn row_error(plan: &TablePlan, batch: &Batch, e: tokio_postgres::Error) -> anyhow::Error {
+    let (first_row, last_row) = (batch.first_row, batch.next_row);
     if connect::is_connection_lost(&e) {
         // Not the rows' fault: keep the error, so `run` says the connection was lost.
         return anyhow::Error::new(e).context(format!(
             "{}: writing rows {}..{} of {} failed",
             plan.spec.name,
             first_row + 1,
-            first_row + rows,
+            last_row,
             plan.entry.file
         ));
     }
@@ -981,8 +1049,14 @@ fn row_error(
         .nth(1)
         .map(|rest| rest.split(':').next().unwrap_or(rest).to_string());
     let row = line.map_or_else(
-        || format!("rows {}..{}", first_row + 1, first_row + rows),
-        |l| format!("row {}", first_row + l),
+        || format!("rows {}..{}", first_row + 1, last_row),
+        |l| {
+            let row = batch
+                .file_rows
+                .get((l as usize).saturating_sub(1))
+                .map_or(first_row + l, |i| i + 1);
+            format!("row {row}")
+        },
     );
     anyhow!(
         "{}: the target rejected {row} of {}{}: {} (SQLSTATE {}); the batch was rolled back",
@@ -1130,7 +1204,7 @@ fn render_dry_run(
             .to_string(),
             p.user_ids
                 .iter()
-                .map(|&(c, _)| p.columns[c].clone())
+                .map(|&(c, _, _)| p.columns[c].clone())
                 .collect::<Vec<_>>()
                 .join(", "),
         ]);
@@ -1143,12 +1217,13 @@ fn render_dry_run(
     )
 }
 
-fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String]) -> String {
+fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String], dir: &Path) -> String {
     let mut table = TextTable::new(&[
         ("table", Align::Left),
         ("rows", Align::Right),
         ("already in", Align::Right),
         ("loaded", Align::Right),
+        ("left behind", Align::Right),
         ("seconds", Align::Right),
         ("rows/s", Align::Right),
     ]);
@@ -1158,6 +1233,7 @@ fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String]) -> Strin
             thousands(r.rows_in_file as i64),
             thousands(r.already as i64),
             thousands(r.loaded as i64),
+            thousands(r.left_behind as i64),
             format!("{:.2}", r.seconds),
             if r.seconds > 0.0 {
                 thousands((r.loaded as f64 / r.seconds) as i64)
@@ -1173,6 +1249,14 @@ fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String]) -> Strin
         thousands(results.iter().map(|r| r.loaded).sum::<u64>() as i64),
         seconds
     );
+    let left_behind: u64 = results.iter().map(|r| r.left_behind).sum();
+    if left_behind > 0 {
+        out.push_str(&format!(
+            "{} rows left behind on purpose (the mapping's `where` and `skip_row`), listed in {}\n",
+            thousands(left_behind as i64),
+            dir.join(rows::LEFT_BEHIND_DIR).display()
+        ));
+    }
     if !orphans.is_empty() {
         out.push_str(&format!(
             "\nForeign keys violated after --disable-fk ({}):\n",

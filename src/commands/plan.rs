@@ -91,6 +91,17 @@ pub async fn run(args: &PlanArgs) -> Result<Outcome> {
         &mut target,
     )
     .await?;
+    // The template is written for a pair no mapping settles yet: nothing to prepare.
+    if args.write_template.is_none() {
+        crate::pipeline::check_statements(
+            &map,
+            specs,
+            &source_catalog.found,
+            &target_catalog.found,
+            &mut target,
+        )
+        .await?;
+    }
 
     spinner.set_message("looking for user ids in uuid columns");
     let present: Vec<&str> = specs

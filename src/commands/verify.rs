@@ -55,7 +55,7 @@ use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
 use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs};
 use crate::codec::{self, Cast, ColumnKind, PgType};
-use crate::column_map::{ColumnMap, ColumnValue, TableMap, TargetColumn};
+use crate::column_map::{ColumnMap, ColumnValue, TableMap};
 use crate::commands::import;
 use crate::connect::{self, ConnectOptions, DbUrl};
 use crate::copy_binary::CopyBinaryParser;
@@ -63,6 +63,7 @@ use crate::files;
 use crate::ident::{QualifiedName, quote_ident};
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
+use crate::pipeline;
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::user_mapping::UserMapping;
@@ -104,6 +105,8 @@ pub struct TableReport {
     pub target_checksum: Option<RecordedChecksum>,
     /// Columns whose type differs between the sides: compared after the target's cast.
     pub compared_after_conversion: Vec<String>,
+    /// Target columns not compared, with why (`compare = false` in the column mapping).
+    pub not_compared: Vec<String>,
     pub differing_buckets: usize,
     /// Per differing bucket: its rows on each side (what is left to say without a primary key).
     pub bucket_rows: Vec<BucketRows>,
@@ -179,6 +182,13 @@ struct TablePlan {
     /// Indices (into names) of the target's primary key; empty: none.
     pk: Vec<usize>,
     converted: Vec<String>,
+    not_compared: Vec<String>,
+    /// User-id fields of the source row (indices as in the source line) and their policies.
+    user_ids: Vec<(usize, Unmapped)>,
+    /// `--unmapped`, for columns the mapping sets no policy for.
+    default_policy: Unmapped,
+    /// Lookups appended to each staged source row, computed from the source.
+    lookups: pipeline::Lookups,
 }
 
 #[derive(Clone)]
@@ -196,8 +206,6 @@ enum SourceSide {
         create: String,
         stage: String,
         select: String,
-        /// Indices (into columns) of user-id columns.
-        user_ids: Vec<usize>,
     },
     /// Text COPY of the source into a staging table on the target, read back transformed.
     Staged {
@@ -205,8 +213,6 @@ enum SourceSide {
         create: String,
         stage: String,
         select: String,
-        /// Indices of user-id fields in the text COPY line.
-        user_ids: Vec<usize>,
     },
 }
 
@@ -273,7 +279,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         };
         let map = column_map.resolve(spec, &source, &target)?;
         let pk = primary_key(&target_client, &target_name).await?;
-        let mut plan = plan_table(spec, map, &source, &target, &pk)?;
+        let mut plan = plan_table(spec, map, &source, &target, &pk, args.unmapped)?;
         if let Some(entry) = file {
             plan.source_side = file_side(&plan, entry, &args.export_dir)?;
             plan.source = QualifiedName::new("export", &entry.file);
@@ -300,12 +306,53 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         target_url,
         options,
         user_map: Arc::new(IdMap {
-            ids,
+            ids: Arc::new(ids),
             keep: args.unmapped == Unmapped::Keep,
         }),
         max_diffs: args.max_diffs,
         skip_checksum: args.skip_checksum,
     });
+
+    // Lookups, computed from the source (or the export) alone, never from the target.
+    let ids = shared.user_map.ids.clone();
+    for plan in &mut plans {
+        if plan.map.lookups.is_empty() {
+            continue;
+        }
+        let columns: Vec<String> = match &metadata {
+            Some(m) => m
+                .table(&plan.name)
+                .map(|e| e.columns.iter().map(|c| c.name.clone()).collect())
+                .unwrap_or_default(),
+            None => source.tables[&plan.name]
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+        };
+        let mut values = Vec::new();
+        for lookup in &plan.map.lookups {
+            let built = lookup_values(
+                lookup,
+                &column_map,
+                &source,
+                &target,
+                metadata.as_ref(),
+                args,
+                &shared,
+                &target_client,
+                &ids,
+            )
+            .await
+            .with_context(|| format!("{}: the lookup in {}", plan.name, lookup.table))?;
+            values.push(Arc::new(built));
+        }
+        plan.lookups = pipeline::Lookups {
+            keys: pipeline::lookup_keys(&plan.map, &columns)?,
+            values,
+            missing_null: plan.map.lookups.iter().map(|l| l.missing_null).collect(),
+        };
+    }
 
     // Tables in parallel (--jobs); --fail-fast stops starting new ones after a difference.
     let stop = Arc::new(AtomicBool::new(false));
@@ -388,6 +435,93 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     })
 }
 
+/// One lookup's values from the looked-up table's rows in the source database (or, with
+/// `--against export`, its export file), user ids rewritten and its rows that stay behind left
+/// out, as import computes them from the export.
+#[allow(clippy::too_many_arguments)]
+async fn lookup_values(
+    lookup: &crate::column_map::Lookup,
+    column_map: &ColumnMap,
+    source: &Discovered,
+    target: &Discovered,
+    metadata: Option<&Metadata>,
+    args: &VerifyArgs,
+    shared: &Shared,
+    target_client: &Client,
+    ids: &Arc<HashMap<String, String>>,
+) -> Result<pipeline::LookupValues> {
+    let spec = manifest::find(manifest::builtin(), &lookup.table)
+        .ok_or_else(|| anyhow!("{} is not one of fmig's tables", lookup.table))?;
+    let map = column_map.resolve(spec, source, target)?;
+    let info = source
+        .tables
+        .get(&lookup.table)
+        .ok_or_else(|| anyhow!("the source has no table {}", lookup.table))?;
+    let columns: Vec<String> = info.columns.iter().map(|c| c.name.clone()).collect();
+    let user_ids = pipeline::UserIds {
+        ids: ids.clone(),
+        columns: info
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| map.user_id_columns.contains(&c.name))
+            .map(|(i, c)| (i, map.policy(&c.name, args.unmapped)))
+            .collect(),
+    };
+    let typed: Vec<(&str, u32, &str)> = info
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
+        .collect();
+    let mut bare = map.clone();
+    bare.lookups.clear();
+    let defs = pipeline::staging_columns(&typed, &bare);
+    let filter = map.filter.as_deref().map(|f| (target_client, defs, f));
+    let (lines, task) = match metadata {
+        Some(m) => {
+            let entry = m
+                .table(&lookup.table)
+                .ok_or_else(|| anyhow!("{} is not in the export", lookup.table))?;
+            pipeline::file_lines(args.export_dir.join(&entry.file), entry.clone(), user_ids)
+        }
+        None => {
+            let url = shared
+                .source_url
+                .as_ref()
+                .ok_or_else(|| anyhow!("no source database"))?;
+            let client = connect::connect(url, &shared.options).await?;
+            let copy = source_text_copy(info, &QualifiedName::new(APP_SCHEMA, &lookup.table));
+            pipeline::db_lines(client, copy, user_ids)
+        }
+    };
+    let values = pipeline::lookup_values(lines, task, lookup, &columns, filter).await?;
+    pipeline::check_unambiguous(lookup, &values, &lookup.table)?;
+    Ok(values)
+}
+
+/// `COPY (SELECT <every column, user-defined types as text>) TO STDOUT`: the source's rows in
+/// the staging table's shape.
+fn source_text_copy(info: &crate::catalog::TableInfo, name: &QualifiedName) -> String {
+    let list: Vec<String> = info
+        .columns
+        .iter()
+        .map(|c| {
+            let staged = crate::column_map::staging_type(c.type_oid, &c.type_name);
+            // User-defined types travel as text, as in import.
+            if staged == c.type_name {
+                quote_ident(&c.name)
+            } else {
+                format!("{}::text", quote_ident(&c.name))
+            }
+        })
+        .collect();
+    format!(
+        "COPY (SELECT {} FROM {}) TO STDOUT",
+        list.join(", "),
+        name.quoted()
+    )
+}
+
 fn empty_report(table: &str, target_table: &str) -> TableReport {
     TableReport {
         table: table.to_string(),
@@ -402,6 +536,7 @@ fn empty_report(table: &str, target_table: &str) -> TableReport {
         source_checksum: None,
         target_checksum: None,
         compared_after_conversion: Vec::new(),
+        not_compared: Vec::new(),
         differing_buckets: 0,
         bucket_rows: Vec::new(),
         differences: Vec::new(),
@@ -440,11 +575,15 @@ fn pg_type(c: &Column) -> PgType {
 
 fn plan_table(
     spec: &TableSpec,
-    map: TableMap,
+    mut map: TableMap,
     source: &Discovered,
     target: &Discovered,
     pk: &[String],
+    default: Unmapped,
 ) -> Result<TablePlan> {
+    // Generated values (`compare = false`) are left out of both sides.
+    let not_compared = map.not_compared.clone();
+    map.columns.retain(|c| !not_compared.contains(&c.name));
     let source_info = &source.tables[spec.name];
     let target_info = &target.tables[&map.target_table];
     let target_name = QualifiedName::new(APP_SCHEMA, &map.target_table);
@@ -475,11 +614,11 @@ fn plan_table(
         .map(|c| c.name.clone())
         .collect();
 
-    // Import's rule: straight in when every written column is a source column of the same type.
-    let direct = map.columns.iter().all(|t| match &t.value {
-        ColumnValue::Source { source_type, .. } => *source_type == t.target_type,
-        ColumnValue::Expression { .. } => false,
-    });
+    // Import's rule (straight in when every written column is a source column of the same
+    // type); rows that can stay behind need the staging table's WHERE or the policy's rewrite.
+    let direct = pipeline::copies_directly(&map)
+        && !map.leaves_rows_behind(default)
+        && map.user_id_policies.is_empty();
     let source_side = if direct {
         let select: Vec<String> = map
             .columns
@@ -489,7 +628,7 @@ fn plan_table(
                 ColumnValue::Source { column, .. } => {
                     codec::select_expr(&quote_ident(column), *cast)
                 }
-                ColumnValue::Expression { .. } => unreachable!("direct tables have no expressions"),
+                _ => unreachable!("direct tables copy source columns only"),
             })
             .collect();
         let user_ids = map
@@ -507,56 +646,35 @@ fn plan_table(
         // The staging table has the source's shape, as import's (the expression contract).
         let stage = format!("fmig_verify_{}", spec.name);
         let columns: Vec<&Column> = source_info.columns.iter().collect();
-        let defs: Vec<String> = columns
+        let typed: Vec<(&str, u32, &str)> = columns
             .iter()
-            .map(|c| {
-                format!(
-                    "{} {}",
-                    quote_ident(&c.name),
-                    crate::column_map::staging_type(c.type_oid, &c.type_name)
-                )
-            })
+            .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
             .collect();
+        let defs = pipeline::staging_columns(&typed, &map);
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
             quote_ident(&stage),
             defs.join(", ")
         );
-        let list: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let staged = crate::column_map::staging_type(c.type_oid, &c.type_name);
-                // User-defined types travel as text, as in import.
-                if staged == c.type_name {
-                    quote_ident(&c.name)
-                } else {
-                    format!("{}::text", quote_ident(&c.name))
-                }
-            })
-            .collect();
-        let copy = format!(
-            "COPY (SELECT {} FROM {}) TO STDOUT",
-            list.join(", "),
-            source_name.quoted()
-        );
+        let copy = source_text_copy(source_info, &source_name);
         let select = staged_select(&map, &casts, &stage);
-        let user_ids = columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| map.user_id_columns.contains(&c.name))
-            .map(|(i, _)| i)
-            .collect();
         SourceSide::Staged {
             copy,
             create,
             stage,
             select,
-            user_ids,
         }
     };
     let pk = pk
         .iter()
         .filter_map(|k| names.iter().position(|n| n == k))
+        .collect();
+    let user_ids = source_info
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| map.user_id_columns.contains(&c.name))
+        .map(|(i, c)| (i, map.policy(&c.name, default)))
         .collect();
     Ok(TablePlan {
         name: spec.name.to_string(),
@@ -570,32 +688,28 @@ fn plan_table(
         source_side,
         pk,
         converted,
+        not_compared,
+        user_ids,
+        default_policy: default,
+        lookups: pipeline::Lookups::default(),
     })
 }
 
 /// Reads the staged rows back as the target columns, with the target side's codec casts.
+/// Reads the staged rows back as import's INSERT ... SELECT computes them
+/// ([`pipeline::staged_item`]), keeping only the rows the table's filter keeps.
 fn staged_select(map: &TableMap, casts: &[Cast], stage: &str) -> String {
     let items: Vec<String> = map
         .columns
         .iter()
         .zip(casts)
-        .map(|(c, cast)| codec::select_expr(&format!("({})", staged_item(c)), *cast))
+        .map(|(c, cast)| codec::select_expr(&format!("({})", pipeline::staged_item(c)), *cast))
         .collect();
-    copy_sql(&items, &format!("{} AS src", quote_ident(stage)))
-}
-
-/// A target column's value over the staged source row: import's expression, or the source
-/// column cast to the target's type (import's INSERT ... SELECT applies the same conversion).
-fn staged_item(c: &TargetColumn) -> String {
-    match &c.value {
-        ColumnValue::Source {
-            column,
-            source_type,
-        } if *source_type != c.target_type => {
-            format!("CAST(src.{} AS {})", quote_ident(column), c.target_type)
-        }
-        _ => c.select_sql(),
+    let mut from = format!("{} AS src", quote_ident(stage));
+    if let Some(filter) = &map.filter {
+        from.push_str(&format!(" WHERE {}", pipeline::keep_condition(filter)));
     }
+    copy_sql(&items, &from)
 }
 
 fn copy_sql(select: &[String], from: &str) -> String {
@@ -616,6 +730,11 @@ async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
         SourceSide::File { .. } => "export file, staged".into(),
     };
     report.compared_after_conversion = plan.converted.clone();
+    report.not_compared = plan
+        .not_compared
+        .iter()
+        .map(|c| format!("{c} (generated on import: compare = false in the column mapping)"))
+        .collect();
     if let Err(e) = verify_into(plan, shared, &mut report).await {
         report.status = Status::Error;
         report.error = Some(format!("{e:#}"));
@@ -883,7 +1002,6 @@ async fn staged(
         create,
         stage: stage_name,
         select,
-        user_ids,
     } = &plan.source_side
     else {
         unreachable!("staged() is only called for staged tables")
@@ -893,7 +1011,12 @@ async fn staged(
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (copy, user_ids) = (copy.clone(), user_ids.clone());
+        let copy = copy.clone();
+        let rewrite = pipeline::UserIds {
+            ids: user_map.ids.clone(),
+            columns: plan.user_ids.clone(),
+        };
+        let lookups = plan.lookups.clone();
         tokio::spawn(async move {
             let stream = source
                 .copy_out(copy.as_str())
@@ -907,13 +1030,11 @@ async fn staged(
                 pending.extend_from_slice(&chunk);
                 let mut start = 0;
                 while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                    rewrite_line(
-                        &pending[start..start + end],
-                        &user_ids,
-                        &user_map,
-                        &mut batch,
-                    );
+                    let line = &pending[start..start + end];
                     start += end + 1;
+                    if !shape_line(line, &rewrite, &lookups, &mut batch) {
+                        continue;
+                    }
                     rows += 1;
                     if rows == STAGE_BATCH_ROWS {
                         rows = 0;
@@ -949,17 +1070,7 @@ async fn staged(
 /// The staging side of --against export: the export's columns, typed as in the source.
 fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
     let stage = format!("fmig_verify_{}", plan.name);
-    let defs: Vec<String> = entry
-        .columns
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {}",
-                quote_ident(&c.name),
-                crate::column_map::staging_type(c.type_oid, &c.type_name)
-            )
-        })
-        .collect();
+    let defs = pipeline::staging_columns(&import::entry_columns(entry), &plan.map);
     let kinds = entry
         .columns
         .iter()
@@ -988,13 +1099,6 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
         ),
         stage,
         select,
-        user_ids: entry
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| plan.map.user_id_columns.contains(&c.name))
-            .map(|(i, _)| i)
-            .collect(),
     })
 }
 
@@ -1014,63 +1118,48 @@ async fn from_file(
         create,
         stage: stage_name,
         select,
-        user_ids,
         ..
     } = &plan.source_side
     else {
         unreachable!("from_file() is only called for export files")
     };
     stage.batch_execute(create).await?;
-    let stage_copy = format!(
-        "COPY {} ({}) FROM STDIN",
-        quote_ident(stage_name),
-        columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    // The staging table has the file's columns in the file's order, then the lookups'.
+    let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (path, entry, columns, kinds, user_ids) = (
-            path.clone(),
-            entry.clone(),
-            columns.clone(),
-            kinds.clone(),
-            user_ids.clone(),
-        );
+        let (path, entry, columns, kinds) =
+            (path.clone(), entry.clone(), columns.clone(), kinds.clone());
+        let rewrite = pipeline::UserIds {
+            ids: user_map.ids.clone(),
+            columns: plan.user_ids_in(&entry),
+        };
+        let lookups = plan.lookups.clone();
         tokio::task::spawn_blocking(move || {
             // Whether each source column is NOT NULL (see `copy_text::write_export_field`).
             let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
             let mut batch = Vec::with_capacity(1 << 20);
             let mut rows = 0usize;
-            let mut row: Vec<serde_json::Value> = Vec::with_capacity(columns.len());
+            let mut raw = Vec::new();
             let read =
                 crate::json_rows::read_rows_checked(&path, &columns, &kinds, |i, values| {
-                    row.clear();
-                    row.extend_from_slice(values);
-                    for &c in &user_ids {
-                        if let serde_json::Value::String(old) = &row[c] {
-                            row[c] = match user_map.rewrite(old) {
-                                Some(new) => serde_json::Value::String(new),
-                                None => serde_json::Value::Null,
-                            };
-                        }
-                    }
-                    for (n, value) in row.iter().enumerate() {
+                    raw.clear();
+                    for (n, value) in values.iter().enumerate() {
                         if n > 0 {
-                            batch.push(b'\t');
+                            raw.push(b'\t');
                         }
                         crate::copy_text::write_export_field(
-                            &mut batch,
+                            &mut raw,
                             &kinds[n],
                             not_null[n],
                             value,
                         )
                         .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
                     }
-                    batch.push(b'\n');
+                    if !shape_line(&raw, &rewrite, &lookups, &mut batch) {
+                        return Ok(());
+                    }
                     rows += 1;
                     if rows == STAGE_BATCH_ROWS {
                         rows = 0;
@@ -1110,7 +1199,7 @@ async fn from_file(
 #[derive(Debug, Default)]
 struct IdMap {
     /// Old id (lower-cased) -> Stack Auth id.
-    ids: HashMap<String, String>,
+    ids: Arc<HashMap<String, String>>,
     keep: bool,
 }
 
@@ -1124,26 +1213,38 @@ impl IdMap {
     }
 }
 
-/// Copies one COPY text line, user-id fields rewritten as import rewrote them (see [`IdMap`]).
-fn rewrite_line(line: &[u8], user_ids: &[usize], map: &IdMap, out: &mut Vec<u8>) {
-    if user_ids.is_empty() {
-        out.extend_from_slice(line);
-    } else {
-        for (i, field) in line.split(|&b| b == b'\t').enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            if field != b"\\N" && user_ids.contains(&i) {
-                match map.rewrite(&String::from_utf8_lossy(field)) {
-                    Some(new) => out.extend_from_slice(new.as_bytes()),
-                    None => out.extend_from_slice(b"\\N"),
-                }
-            } else {
-                out.extend_from_slice(field);
-            }
-        }
+/// One source row as import stages it: user ids rewritten under their policies, then the
+/// lookups' values appended. False when the row stays behind (`skip_row`).
+fn shape_line(
+    line: &[u8],
+    rewrite: &pipeline::UserIds,
+    lookups: &pipeline::Lookups,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    if rewrite.rewrite_line(line, out) != pipeline::Rewritten::Kept {
+        return false;
     }
-    out.push(b'\n');
+    if !lookups.is_empty() {
+        let mut shaped = out.split_off(start);
+        lookups.append(&mut shaped);
+        out.extend_from_slice(&shaped);
+    }
+    true
+}
+
+impl TablePlan {
+    /// [`TablePlan::user_ids`] for the columns of an export file (its order may differ from the
+    /// source catalog's).
+    fn user_ids_in(&self, entry: &FileEntry) -> Vec<(usize, Unmapped)> {
+        entry
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| self.map.user_id_columns.contains(&c.name))
+            .map(|(i, c)| (i, self.map.policy(&c.name, self.default_policy)))
+            .collect()
+    }
 }
 
 async fn flush_stage(
@@ -1283,15 +1384,18 @@ async fn referential_checks(
     reports: &mut [TableReport],
 ) -> Result<()> {
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let user_columns: Vec<(&TablePlan, String)> = plans
+    // Per user-id column: whether old ids of users without a mapping are kept on purpose
+    // (`--unmapped keep`, or the mapping's `unmapped = "keep"` for it).
+    let user_columns: Vec<(&TablePlan, String, bool)> = plans
         .iter()
         .flat_map(|p| {
-            p.map
-                .user_id_columns
-                .iter()
-                .filter_map(move |c| p.map.target_of(c).map(|t| (p, t.name.clone())))
+            p.map.user_id_columns.iter().filter_map(move |c| {
+                let keep = p.map.policy(c, p.default_policy) == Unmapped::Keep;
+                p.map.target_of(c).map(|t| (p, t.name.clone(), keep))
+            })
         })
         .collect();
+    let any_keep = user_columns.iter().any(|(_, _, keep)| *keep);
     let mut kept: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if !user_columns.is_empty() {
         client
@@ -1304,10 +1408,10 @@ async fn referential_checks(
         copy_ids(client, "fmig_verify_user_ids", user_map.ids.values()).await?;
         // With --unmapped keep, a value that is no Stack Auth id is either an old id kept on
         // purpose (its user has no mapping) or an old id that import should have rewritten.
-        if user_map.keep {
+        if any_keep {
             copy_ids(client, "fmig_verify_old_ids", user_map.ids.keys()).await?;
         }
-        for (plan, column) in user_columns {
+        for (plan, column, keep) in user_columns {
             let c = quote_ident(&column);
             let sql = format!(
                 "SELECT count(*) FILTER (WHERE o.id IS NOT NULL), \
@@ -1325,7 +1429,7 @@ async fn referential_checks(
             let (unmapped, unmapped_users, unmapped_samples): (i64, i64, Option<Vec<String>>) =
                 (row.get(2), row.get(3), row.get(4));
             let samples = |s: Option<Vec<String>>| s.unwrap_or_default().join(", ");
-            if user_map.keep {
+            if keep {
                 if mapped > 0 {
                     problems.entry(plan.name.clone()).or_default().push(format!(
                         "{}.{column}: {mapped} row(s) hold the old id of a user who has a Stack Auth id (not rewritten), e.g. {}",
@@ -1509,6 +1613,21 @@ fn render(report: &VerifyReport) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    let not_compared: Vec<String> = report
+        .tables
+        .iter()
+        .flat_map(|r| {
+            r.not_compared
+                .iter()
+                .map(move |c| format!("{}.{c}", r.target_table))
+        })
+        .collect();
+    if !not_compared.is_empty() {
+        out.push_str("\nNot compared:\n");
+        for line in not_compared {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     let bad = report
         .tables
         .iter()
@@ -1625,19 +1744,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_ids_in_copy_text_are_rewritten_or_nulled() {
-        let mut map = IdMap::default();
-        map.ids.insert("aa".to_string(), "new-a".to_string());
+    fn shaped_lines_rewrite_user_ids_and_drop_rows_left_behind() {
+        let ids = Arc::new(HashMap::from([("aa".to_string(), "new-a".to_string())]));
+        let rewrite = pipeline::UserIds {
+            ids: ids.clone(),
+            columns: vec![(1, Unmapped::Null)],
+        };
+        let none = pipeline::Lookups::default();
         let mut out = Vec::new();
-        rewrite_line(b"1\tAA\tx", &[1], &map, &mut out);
-        rewrite_line(b"2\tbb\tx", &[1], &map, &mut out);
-        rewrite_line(b"3\t\\N\tx", &[1], &map, &mut out);
+        assert!(shape_line(b"1\tAA\tx", &rewrite, &none, &mut out));
+        assert!(shape_line(b"2\tbb\tx", &rewrite, &none, &mut out));
+        assert!(shape_line(b"3\t\\N\tx", &rewrite, &none, &mut out));
         assert_eq!(out, b"1\tnew-a\tx\n2\t\\N\tx\n3\t\\N\tx\n");
-        // --unmapped keep: the old id stays, as import kept it.
-        map.keep = true;
+        // skip_row: the row is not expected in the target at all, and nothing is written.
+        let skip = pipeline::UserIds {
+            ids,
+            columns: vec![(1, Unmapped::SkipRow)],
+        };
         out.clear();
-        rewrite_line(b"2\tbb\tx", &[1], &map, &mut out);
-        assert_eq!(out, b"2\tbb\tx\n");
+        assert!(!shape_line(b"2\tbb\tx", &skip, &none, &mut out));
+        assert!(out.is_empty());
     }
 
     fn plan(pk: Vec<usize>) -> TablePlan {
@@ -1655,6 +1781,10 @@ mod tests {
                 used_by_expressions: Vec::new(),
                 unmapped: Vec::new(),
                 user_id_columns: Vec::new(),
+                filter: None,
+                lookups: Vec::new(),
+                user_id_policies: Default::default(),
+                not_compared: Vec::new(),
             },
             names: vec!["id".into(), "v".into(), "email".into()],
             kinds: vec![ColumnKind::Int4, ColumnKind::Numeric, ColumnKind::Text],
@@ -1666,6 +1796,10 @@ mod tests {
             },
             pk,
             converted: Vec::new(),
+            not_compared: Vec::new(),
+            user_ids: Vec::new(),
+            default_policy: Unmapped::Null,
+            lookups: pipeline::Lookups::default(),
         }
     }
 
