@@ -119,6 +119,9 @@ pub struct UserIds {
     pub ids: Arc<HashMap<String, String>>,
     /// (field index in the source line, policy).
     pub columns: Vec<(usize, Unmapped)>,
+    /// Fields whose policy decides whether the row stays behind but whose text is kept: the
+    /// match columns of a looked-up table, so lookup keys compare the source's own ids.
+    pub untouched: Vec<usize>,
 }
 
 /// What rewriting a row's user ids did.
@@ -150,8 +153,11 @@ impl UserIds {
             match policy {
                 Some(policy) if field != b"\\N" => {
                     let old = String::from_utf8_lossy(field).to_ascii_lowercase();
+                    let keep = self.untouched.contains(&i);
                     match self.ids.get(&old) {
+                        Some(_) if keep => out.extend_from_slice(field),
                         Some(new) => out.extend_from_slice(new.as_bytes()),
+                        None if keep && policy != Unmapped::SkipRow => out.extend_from_slice(field),
                         None => match policy {
                             Unmapped::Keep => out.extend_from_slice(field),
                             Unmapped::SkipRow => {
@@ -260,19 +266,31 @@ impl Lookups {
         self.keys.is_empty()
     }
 
-    /// Appends each lookup's value as a field to `line` (a COPY text line ending in `\n`).
-    /// Returns the index of the first lookup whose key is lost (its field is NULL).
+    /// Appends each lookup's value as a field to `line` (a COPY text line ending in `\n`),
+    /// its keys read from `line` itself. Returns the index of the first lookup whose key is
+    /// lost (its field is NULL).
     pub fn append(&self, line: &mut Vec<u8>) -> Option<usize> {
         if self.is_empty() {
             return None;
         }
         let body = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
-        let row = fields(&body);
-        line.truncate(body.len());
+        self.append_keyed(line, &fields(&body))
+    }
+
+    /// [`Lookups::append`] with the keys read from `key_row`: the source row as exported, before
+    /// its user ids were rewritten (the looked-up rows are keyed by the source's ids too).
+    pub fn append_keyed(&self, line: &mut Vec<u8>, key_row: &[&[u8]]) -> Option<usize> {
+        if self.is_empty() {
+            return None;
+        }
+        let row = key_row;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
         let mut lost = None;
         for (n, (keys, values)) in self.keys.iter().zip(&self.values).enumerate() {
             line.push(b'\t');
-            match values.find(keys, &row) {
+            match values.find(keys, row) {
                 Found::Value(v) => line.extend_from_slice(v),
                 Found::NullKey => line.extend_from_slice(b"\\N"),
                 Found::Lost => {
@@ -701,6 +719,7 @@ mod tests {
         UserIds {
             ids: Arc::new(ids),
             columns: vec![(1, policy)],
+            untouched: Vec::new(),
         }
     }
 

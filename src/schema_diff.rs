@@ -22,10 +22,11 @@ use crate::catalog::{
     self, Column, Discovered, ForeignKey, PartitionInfo, TableInfo, TypeInfo, UserIdsByValue,
 };
 use crate::column_map::{
-    self, ColumnMap, ColumnValue, Suggestion, TableMap, TemplateNote, Unwritten,
+    self, ColumnMap, ColumnValue, Lookup, Suggestion, TableMap, TemplateNote, Unwritten,
 };
 use crate::ident::{QualifiedName, quote_ident, quote_literal};
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
+use crate::pipeline;
 
 /// How much a difference matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -834,7 +835,8 @@ pub async fn compare(
     let mut user_id_columns = Vec::new();
     for (_, spec) in manifest::import_order(inputs.specs, &inputs.target.found) {
         let pending = table_findings(inputs, spec, &maps, &mut user_id_columns, target).await?;
-        let counts = measure(source, spec.name, &pending).await?;
+        let filter = maps.get(spec.name).and_then(|m| m.filter.as_deref());
+        let counts = measure(source, spec.name, filter, &pending).await?;
         let findings = sort_findings(pending.into_iter().map(|p| p.finish(&counts)).collect());
         let target_table = inputs.map.target_name(spec.name).to_string();
         tables.push(TablePlan {
@@ -860,41 +862,120 @@ pub async fn compare(
     })
 }
 
+/// Rows of the measured (kept) rows whose lookup key finds no row of the looked-up table that
+/// moves (its `where` applied): lost references. Import refuses them unless the entry says
+/// `missing = "null"`; rows left behind by `skip_row` are not known before the user mapping
+/// exists and are counted by import.
+fn lost_references(lookup: &Lookup, maps: &BTreeMap<&str, TableMap>) -> Measure {
+    let keys: Vec<String> = lookup
+        .matches
+        .iter()
+        .map(|(_, own)| format!("t.{} IS NOT NULL", quote_ident(own)))
+        .collect();
+    let matches: Vec<String> = lookup
+        .matches
+        .iter()
+        .map(|(theirs, own)| format!("src.{} = t.{}", quote_ident(theirs), quote_ident(own)))
+        .collect();
+    let kept = maps
+        .get(lookup.table.as_str())
+        .and_then(|m| m.filter.as_deref())
+        .map(|f| format!(" AND {}", pipeline::keep_condition(f)))
+        .unwrap_or_default();
+    Measure {
+        key: "lost_references",
+        label: if lookup.missing_null {
+            "keys find no migrated row (NULL instead)".into()
+        } else {
+            "keys find no migrated row: lost references (import refuses them; add missing = \"null\" to write NULL)".into()
+        },
+        sql: count_where(format!(
+            "{} AND NOT EXISTS (SELECT 1 FROM {} AS src WHERE {}{kept})",
+            keys.join(" AND "),
+            QualifiedName::new(APP_SCHEMA, &lookup.table).quoted(),
+            matches.join(" AND ")
+        )),
+        effect: if lookup.missing_null {
+            Effect::Changes
+        } else {
+            Effect::Fails
+        },
+    }
+}
+
+/// Key of the measure counted over every source row, not only the rows that move.
+const LEFT_BEHIND: &str = "left_behind";
+
+/// The rows a table's `where` leaves behind, of all its source rows.
+fn left_behind(filter: &str) -> Pending {
+    Pending {
+        kind: "rows_left_behind",
+        columns: Vec::new(),
+        head: format!("where = {filter:?}"),
+        base: Class::Ok,
+        measures: vec![Measure {
+            key: LEFT_BEHIND,
+            label: "rows stay behind on purpose (import lists them in left-behind/<table>.csv; \
+                    the other columns' counts are over the rows that move)"
+                .into(),
+            sql: count_where(format!("NOT {}", pipeline::keep_condition(filter))),
+            effect: Effect::Changes,
+        }],
+        suggestion: None,
+        settled_by: None,
+    }
+}
+
 fn sort_findings(mut findings: Vec<Finding>) -> Vec<Finding> {
     findings.sort_by_key(|f| std::cmp::Reverse(f.class));
     findings
 }
 
-/// Runs every measure of one table in one scan of the source table.
+/// Runs every measure of one table in one scan of the source table. With a `where`, the
+/// measures count the rows that move (the target never sees the others), except the count of
+/// rows left behind, which is over every row.
 async fn measure(
     source: &Transaction<'_>,
     table: &str,
+    filter: Option<&str>,
     pending: &[Pending],
 ) -> Result<BTreeMap<String, i64>> {
-    let aggregates: Vec<&str> = pending
-        .iter()
-        .flat_map(|p| p.measures.iter().map(|m| m.sql.as_str()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if aggregates.is_empty() {
-        return Ok(BTreeMap::new());
-    }
     let name = QualifiedName::new(APP_SCHEMA, table);
-    let sql = format!(
-        "SELECT {} FROM {} AS t",
-        aggregates.join(", "),
-        name.quoted()
-    );
-    let row = source
-        .query_one(sql.as_str(), &[])
-        .await
-        .with_context(|| format!("could not measure the data of {name} on the source"))?;
-    Ok(aggregates
-        .iter()
-        .enumerate()
-        .map(|(i, sql)| (sql.to_string(), row.get::<_, i64>(i)))
-        .collect())
+    let mut counts = BTreeMap::new();
+    for all_rows in [false, true] {
+        let aggregates: Vec<&str> = pending
+            .iter()
+            .flat_map(|p| p.measures.iter())
+            .filter(|m| (m.key == LEFT_BEHIND) == all_rows)
+            .map(|m| m.sql.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if aggregates.is_empty() {
+            continue;
+        }
+        let from = match (filter, all_rows) {
+            (Some(f), false) => format!(
+                "(SELECT * FROM {} AS src WHERE {}) AS t",
+                name.quoted(),
+                pipeline::keep_condition(f)
+            ),
+            (_, true) => format!("{} AS src", name.quoted()),
+            (None, false) => format!("{} AS t", name.quoted()),
+        };
+        let sql = format!("SELECT {} FROM {from}", aggregates.join(", "));
+        let row = source
+            .query_one(sql.as_str(), &[])
+            .await
+            .with_context(|| format!("could not measure the data of {name} on the source"))?;
+        counts.extend(
+            aggregates
+                .iter()
+                .enumerate()
+                .map(|(i, sql)| (sql.to_string(), row.get::<_, i64>(i))),
+        );
+    }
+    Ok(counts)
 }
 
 /// Every difference of one table, before measuring.
@@ -949,6 +1030,9 @@ async fn table_findings(
     };
 
     table_shape_findings(inputs, src, tgt, &mut out);
+    if let Some(filter) = &map.filter {
+        out.push(left_behind(filter));
+    }
     let renames = rename_candidates(inputs, src, tgt, map);
 
     // Target columns written from a source column or an expression.
@@ -1003,7 +1087,7 @@ async fn table_findings(
                     .iter()
                     .map(|(theirs, own)| format!("{theirs} = {own}"))
                     .collect();
-                out.push(Pending::fixed(
+                let mut pending = Pending::fixed(
                     "set_by_lookup",
                     &[&column.name],
                     Class::Ok,
@@ -1018,7 +1102,9 @@ async fn table_findings(
                             ""
                         }
                     ),
-                ));
+                );
+                pending.measures.push(lost_references(lookup, maps));
+                out.push(pending);
             }
         }
     }
@@ -1646,6 +1732,10 @@ fn user_id_findings(
                         .unwrap_or_default()
                 ),
             )
+        } else if map.dropped.iter().any(|d| d == column) {
+            // Dropped by the mapping: nothing is copied, so nothing points at a lost user (the
+            // drop itself is reported with the count of values left behind).
+            continue;
         } else if let Some(v) = measured.filter(|v| v.matching > 0) {
             Pending::fixed(
                 "user_id_column_by_value",

@@ -800,6 +800,7 @@ async fn load_table(
             // rewritten, or NULL for an unmapped one); None writes the file's value.
             let mut rewritten: Vec<Option<&Value>> = vec![None; columns.len()];
             let mut line = Vec::new();
+            let mut raw = Vec::new();
             json_rows::read_rows(&path, &columns, |i, values| {
                 if i < from {
                     return Ok(());
@@ -837,7 +838,21 @@ async fn load_table(
                     }
                     out.push(b'\n');
                     if !lookups.is_empty() {
-                        if let Some(n) = lookups.append(&mut line)
+                        // Lookups find rows by the source's own ids, not the rewritten ones.
+                        raw.clear();
+                        for (n, &f) in fields.iter().enumerate() {
+                            if n > 0 {
+                                raw.push(b'\t');
+                            }
+                            copy_text::write_export_field(
+                                &mut raw,
+                                &kinds[f],
+                                not_null[f],
+                                &values[f],
+                            )
+                            .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
+                        }
+                        if let Some(n) = lookups.append_keyed(&mut line, &pipeline::fields(&raw))
                             && !lookups.missing_null[n]
                         {
                             bail!(

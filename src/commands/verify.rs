@@ -467,6 +467,7 @@ async fn lookup_values(
             .filter(|(_, c)| map.user_id_columns.contains(&c.name))
             .map(|(i, c)| (i, map.policy(&c.name, args.unmapped)))
             .collect(),
+        untouched: pipeline::looked_up_fields(lookup, &columns)?.0,
     };
     let typed: Vec<(&str, u32, &str)> = info
         .columns
@@ -1015,6 +1016,7 @@ async fn staged(
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
             columns: plan.user_ids.clone(),
+            untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
         tokio::spawn(async move {
@@ -1134,6 +1136,7 @@ async fn from_file(
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
             columns: plan.user_ids_in(&entry),
+            untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
         tokio::task::spawn_blocking(move || {
@@ -1213,24 +1216,24 @@ impl IdMap {
     }
 }
 
-/// One source row as import stages it: user ids rewritten under their policies, then the
-/// lookups' values appended. False when the row stays behind (`skip_row`).
+/// One source row as import stages it: the lookups' values appended (found by the source's
+/// ids), user ids rewritten under their policies. False when the row stays behind
+/// (`skip_row`).
 fn shape_line(
     line: &[u8],
     rewrite: &pipeline::UserIds,
     lookups: &pipeline::Lookups,
     out: &mut Vec<u8>,
 ) -> bool {
-    let start = out.len();
-    if rewrite.rewrite_line(line, out) != pipeline::Rewritten::Kept {
-        return false;
+    if lookups.is_empty() {
+        return rewrite.rewrite_line(line, out) == pipeline::Rewritten::Kept;
     }
-    if !lookups.is_empty() {
-        let mut shaped = out.split_off(start);
-        lookups.append(&mut shaped);
-        out.extend_from_slice(&shaped);
-    }
-    true
+    // Lookups read the source's own ids (as the looked-up rows are keyed), so they go first;
+    // the fields they append lie beyond the user-id columns the rewrite touches.
+    let mut shaped = line.to_vec();
+    lookups.append(&mut shaped);
+    let body = shaped.strip_suffix(b"\n").unwrap_or(&shaped);
+    rewrite.rewrite_line(body, out) == pipeline::Rewritten::Kept
 }
 
 impl TablePlan {
@@ -1749,6 +1752,7 @@ mod tests {
         let rewrite = pipeline::UserIds {
             ids: ids.clone(),
             columns: vec![(1, Unmapped::Null)],
+            untouched: Vec::new(),
         };
         let none = pipeline::Lookups::default();
         let mut out = Vec::new();
@@ -1760,6 +1764,7 @@ mod tests {
         let skip = pipeline::UserIds {
             ids,
             columns: vec![(1, Unmapped::SkipRow)],
+            untouched: Vec::new(),
         };
         out.clear();
         assert!(!shape_line(b"2\tbb\tx", &skip, &none, &mut out));

@@ -56,6 +56,7 @@ impl Input {
         UserIds {
             ids: ids.clone(),
             columns,
+            untouched: Vec::new(),
         }
     }
 
@@ -219,7 +220,7 @@ pub(super) async fn decide(
             "lost references: lookups that find no row that is migrated (the key is in no row \
              of the looked-up table, or only in a row that stays behind):\n  {}\n  next step: \
              decide in the column mapping: missing = \"null\" on the lookup writes NULL, or a \
-             where on this table leaves such rows behind too (fmig plan counts them)",
+             where on this table leaves such rows behind too (fmig plan counts the keys that find no row in the source)",
             refusals.join("\n  ")
         );
     }
@@ -430,7 +431,11 @@ async fn build_values(
     let (keys, take) = pipeline::looked_up_fields(lookup, &columns)?;
     let path = dir.join(&input.entry.file);
     let entry = input.entry.clone();
-    let user_ids = input.user_ids(user_map, default);
+    // The match columns keep the source's ids: the referring rows' keys are not rewritten.
+    let user_ids = UserIds {
+        untouched: keys.clone(),
+        ..input.user_ids(user_map, default)
+    };
     let skipped = skipped.clone();
     let table = lookup.table.clone();
     tokio::task::spawn_blocking(move || {
@@ -467,12 +472,12 @@ async fn lost_references(
     let id_field = input.id_field();
     tokio::task::spawn_blocking(move || {
         let mut lost: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); lookups.keys.len()];
-        scan_file(&path, &entry, &user_ids, |i, row, _| {
-            let Ok(line) = row else { return Ok(()) };
-            if left_behind.contains_key(&i) {
+        scan_file(&path, &entry, &user_ids, |i, row, raw| {
+            if row.is_err() || left_behind.contains_key(&i) {
                 return Ok(());
             }
-            let fields = pipeline::fields(line);
+            // Keys are the source's own ids, as the looked-up rows are keyed.
+            let fields = pipeline::fields(raw);
             for (n, keys) in lookups.keys.iter().enumerate() {
                 if lookups.values[n].find(keys, &fields) == pipeline::Found::Lost {
                     let (count, samples) = &mut lost[n];
