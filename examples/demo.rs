@@ -134,6 +134,7 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
     let total = Instant::now();
     let mut timings: Vec<(String, Duration, i32)> = Vec::new();
 
+    let rewrite = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rewrite");
     let started = Instant::now();
     println!("== starting a Supabase-shaped source and a self-hosted target (PostgreSQL 15)");
     let source = Cluster::start();
@@ -141,6 +142,8 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
     seed::load_source_schema(&source, "postgres");
     target.create_database("freshtrack");
     seed::load_target_schema(&target, "freshtrack");
+    // The real rewrite's drift on top of the fixture pair (tests/fixtures/rewrite).
+    target.psql_file("freshtrack", &rewrite.join("target.sql"));
     timings.push(("start clusters".into(), started.elapsed(), 0));
 
     let started = Instant::now();
@@ -154,6 +157,7 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         config.users_per_category, config.organizations, config.sensor_readings
     );
     let summary = seed::seed_source(&source, "postgres", &config);
+    source.psql_file("postgres", &rewrite.join("source.sql"));
     println!(
         "   {} rows in 23 tables, {} auth users",
         summary.tables.values().sum::<u64>(),
@@ -174,8 +178,9 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
     }
     let env_file = options.workdir.join(".env");
     std::fs::write(&env_file, env).expect("write the demo .env");
-    // The column mapping an operator writes after `fmig plan --write-template` (see the README).
-    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fmig.toml");
+    // The column mapping an operator writes after `fmig plan --write-template` (see the README):
+    // the rewrite's, with rows left behind on purpose, lookups and a generated secret.
+    let mapping = rewrite.join("fmig.toml");
     std::fs::copy(&mapping, options.workdir.join("fmig.toml")).expect("copy fmig.toml");
 
     // (step, arguments, exit codes that let the window go on)
@@ -236,6 +241,7 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         ("to contact", "password-reset-needed.csv"),
         ("needing attention", "users-needing-attention.csv"),
         ("verification report", "verification-report.json"),
+        ("rows left behind", "left-behind"),
     ] {
         if data.join(file).exists() {
             println!(
@@ -252,7 +258,8 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
     match &failed {
         Some(why) => println!("\nThe rehearsal stopped: {why} (its output is above)."),
         None => println!(
-            "\nThe rehearsal passed: every row moved and verify proved the target equals the source."
+            "\nThe rehearsal passed: every row moved but those the mapping leaves behind on purpose \
+             (listed in left-behind/), and verify proved the target holds what the source says."
         ),
     }
     if options.keep {

@@ -287,11 +287,30 @@ impl TableMap {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "key", rename_all = "snake_case")]
 pub enum Suggestion {
-    Rename { from: String, to: String },
-    Drop { column: String },
-    Set { column: String, expression: String },
-    AddUserId { column: String },
-    RemoveUserId { column: String },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Drop {
+        column: String,
+    },
+    Set {
+        column: String,
+        expression: String,
+    },
+    /// `column = { lookup = table, match = { their = own }, take, missing = "null" }`.
+    Lookup {
+        column: String,
+        table: String,
+        matches: Vec<(String, String)>,
+        take: String,
+    },
+    AddUserId {
+        column: String,
+    },
+    RemoveUserId {
+        column: String,
+    },
     Skip,
 }
 
@@ -1695,6 +1714,22 @@ pub fn render_template(header: &str, tables_in_order: &[&str], notes: &[Template
                     "# {} = {}\n",
                     toml_key(column),
                     toml_string(expression)
+                )),
+                Suggestion::Lookup {
+                    column,
+                    table,
+                    matches,
+                    take,
+                } => Some(format!(
+                    "# {} = {{ lookup = {}, match = {{ {} }}, take = {}, missing = \"null\" }}\n",
+                    toml_key(column),
+                    toml_string(table),
+                    matches
+                        .iter()
+                        .map(|(theirs, own)| format!("{} = {}", toml_key(theirs), toml_string(own)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    toml_string(take)
                 )),
                 _ => None,
             })

@@ -20,16 +20,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use futures::{SinkExt, TryStreamExt, pin_mut};
 use tokio_postgres::Client;
 
+use crate::catalog::{Column, Discovered, TableInfo};
 use crate::cli::Unmapped;
 use crate::column_map::{
-    ColumnValue, Lookup, TableMap, TargetColumn, server_message, staging_type,
+    ColumnMap, ColumnValue, Lookup, TableMap, TargetColumn, server_message, staging_type,
 };
 use crate::ident::{QualifiedName, quote_ident};
+use crate::manifest::APP_SCHEMA;
+use crate::metadata::{FileEntry, Metadata};
 
 /// Import's rule, shared with verify: a table goes straight into the target with `COPY` when
 /// every written column is a source column of the same type; anything else (an expression, a
@@ -707,6 +710,96 @@ pub async fn lookup_values(
         }
     }
     Ok(values)
+}
+
+/// [`ColumnMap::check_expressions`] and [`check_statements`] in a read-only transaction of the target, before anything
+/// is written (import and verify).
+pub async fn check_mapping(
+    column_map: &ColumnMap,
+    source: &Discovered,
+    target: &Discovered,
+    client: &mut Client,
+) -> Result<()> {
+    let mut tx = client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .context("could not open a read-only transaction on the target")?;
+    let mut checked = column_map
+        .check_expressions(crate::manifest::builtin(), source, target, &mut tx)
+        .await;
+    if checked.is_ok() {
+        checked = check_statements(
+            column_map,
+            crate::manifest::builtin(),
+            source,
+            target,
+            &mut tx,
+        )
+        .await;
+    }
+    tx.rollback().await?;
+    checked.map_err(|e| {
+        anyhow!(
+            "{e:#}\n  Nothing was written. next step: correct the expression in the mapping file \
+             (fmig plan checks it the same way)"
+        )
+    })
+}
+
+/// The source's shape as `metadata.json` records it, in the form the column mapping expects.
+pub fn source_catalog(metadata: &Metadata) -> Discovered {
+    let mut found = Discovered {
+        schema: APP_SCHEMA.to_string(),
+        auth_users_present: true,
+        ..Discovered::default()
+    };
+    for entry in &metadata.tables {
+        let columns = entry
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_name: c.type_name.clone(),
+                type_kind: 'b',
+                type_category: if c.json.starts_with("array:") {
+                    'A'
+                } else {
+                    'U'
+                },
+                base_oid: None,
+                not_null: c.not_null,
+                default: None,
+                generated: c.generated,
+                identity: false,
+            })
+            .collect();
+        found.tables.insert(
+            entry.name.clone(),
+            TableInfo {
+                name: entry.name.clone(),
+                partitioned: false,
+                has_primary_key: false,
+                columns,
+            },
+        );
+        found.levels.insert(entry.name.clone(), entry.level);
+        found
+            .user_id_columns
+            .insert(entry.name.clone(), entry.user_id_columns.clone());
+    }
+    found
+}
+
+/// (name, type oid, type name) of an export file's columns, as the pipeline takes them.
+pub fn entry_columns(entry: &FileEntry) -> Vec<(&str, u32, &str)> {
+    entry
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
+        .collect()
 }
 
 #[cfg(test)]

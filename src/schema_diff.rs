@@ -1790,16 +1790,20 @@ fn user_id_findings(
             columns: vec![source_column.clone()],
             head: format!(
                 "user-id column, but in the target {} references {references}: the old user id \
-                 must become the id of that user's {} row (a lookup in the imported {}, not a \
+                 must become the id of that user's {} row (a lookup in the source's {}, not a \
                  rename)",
                 target_column, fk.references, fk.references
             ),
             base: Class::Blocking,
             measures: Vec::new(),
-            suggestion: Some(Suggestion::Set {
-                column: target_column.clone(),
-                expression: lookup_expression(inputs, maps, fk, &source_column),
-            }),
+            suggestion: Some(
+                lookup_suggestion(maps, fk, target_column, &source_column).unwrap_or_else(|| {
+                    Suggestion::Set {
+                        column: target_column.clone(),
+                        expression: lookup_expression(inputs, maps, fk, &source_column),
+                    }
+                }),
+            ),
             settled_by,
         });
     }
@@ -1824,6 +1828,34 @@ fn share_text(matching: i64, non_null: i64) -> String {
         "{matching}/{non_null} values ({percent:.1}%) are auth.users ids, {rest} {} not",
         if rest == 1 { "is" } else { "are" }
     )
+}
+
+/// `profile_id = { lookup = "profiles", match = { user_id = "profile_id" }, take = "id" }`: the
+/// referenced table's source row for the user, found through its one user-id column in the
+/// exported source rows. None when that column or the referenced key is not one column.
+fn lookup_suggestion(
+    maps: &BTreeMap<&str, TableMap>,
+    fk: &ForeignKey,
+    target_column: &str,
+    source_column: &str,
+) -> Option<Suggestion> {
+    let referenced = maps.values().find(|m| m.target_table == fk.references)?;
+    let [their_user] = referenced.user_id_columns.as_slice() else {
+        return None;
+    };
+    let [key] = fk.referenced_columns.as_slice() else {
+        return None;
+    };
+    let take = referenced.columns.iter().find_map(|c| match &c.value {
+        ColumnValue::Source { column, .. } if &c.name == key => Some(column.clone()),
+        _ => None,
+    })?;
+    Some(Suggestion::Lookup {
+        column: target_column.to_string(),
+        table: referenced.source_table.clone(),
+        matches: vec![(their_user.clone(), source_column.to_string())],
+        take,
+    })
 }
 
 /// `(SELECT r."id" FROM "public"."profiles" AS r WHERE r."user_id" = src."profile_id")`: the

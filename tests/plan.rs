@@ -244,11 +244,14 @@ fn without_a_mapping_every_difference_is_classified_and_measured() {
         "blocking",
     );
     assert!(f["message"].as_str().unwrap().contains("profiles(id)"));
-    assert!(
-        f["suggestion"]["expression"]
-            .as_str()
-            .unwrap()
-            .contains("\"profiles\" AS r WHERE r.\"user_id\" = src.\"profile_id\"")
+    // The suggestion is a lookup in the source's profiles, not a query on the target's.
+    let suggestion = &f["suggestion"];
+    assert_eq!(suggestion["table"], "profiles", "{suggestion:#}");
+    assert_eq!(suggestion["take"], "id", "{suggestion:#}");
+    assert_eq!(
+        suggestion["matches"],
+        serde_json::json!([["user_id", "profile_id"]]),
+        "{suggestion:#}"
     );
 
     // User ids by value: sites.created_by (no foreign key, not listed) is blocking; the listed

@@ -33,7 +33,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::{info, warn};
 
 use crate::Outcome;
-use crate::catalog::{self, Column, Discovered, TableInfo};
+use crate::catalog::{self, Discovered};
 use crate::cli::{ImportArgs, Unmapped};
 use crate::codec::ColumnKind;
 use crate::column_map::{ColumnMap, ColumnValue, TableMap, Unwritten};
@@ -131,13 +131,13 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     let url = args.target.url()?;
     let mut client = connect::connect(&url, &args.connect.options()).await?;
     let target = catalog::discover(&client, APP_SCHEMA).await?;
-    let source = source_catalog(&metadata);
+    let source = pipeline::source_catalog(&metadata);
     column_map
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
     // A `set` expression the target rejects would otherwise stop the load at its table, after
     // the tables before it were written: each is prepared now (never run), as plan does.
-    check_expressions(&column_map, &source, &target, &mut client).await?;
+    pipeline::check_mapping(&column_map, &source, &target, &mut client).await?;
 
     // 1. Plans, in the target's dependency order.
     let mut plans = Vec::new();
@@ -326,82 +326,6 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     }
 }
 
-/// [`ColumnMap::check_expressions`] in a read-only transaction of the target, before anything
-/// is written (also used by verify).
-pub async fn check_expressions(
-    column_map: &ColumnMap,
-    source: &Discovered,
-    target: &Discovered,
-    client: &mut Client,
-) -> Result<()> {
-    let mut tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .context("could not open a read-only transaction on the target")?;
-    let mut checked = column_map
-        .check_expressions(manifest::builtin(), source, target, &mut tx)
-        .await;
-    if checked.is_ok() {
-        checked =
-            pipeline::check_statements(column_map, manifest::builtin(), source, target, &mut tx)
-                .await;
-    }
-    tx.rollback().await?;
-    checked.map_err(|e| {
-        anyhow!(
-            "{e:#}\n  Nothing was written. next step: correct the expression in the mapping file \
-             (fmig plan checks it the same way)"
-        )
-    })
-}
-
-/// The source's shape as `metadata.json` records it, in the form the column mapping expects.
-pub fn source_catalog(metadata: &Metadata) -> Discovered {
-    let mut found = Discovered {
-        schema: APP_SCHEMA.to_string(),
-        auth_users_present: true,
-        ..Discovered::default()
-    };
-    for entry in &metadata.tables {
-        let columns = entry
-            .columns
-            .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                type_oid: c.type_oid,
-                type_name: c.type_name.clone(),
-                type_kind: 'b',
-                type_category: if c.json.starts_with("array:") {
-                    'A'
-                } else {
-                    'U'
-                },
-                base_oid: None,
-                not_null: c.not_null,
-                default: None,
-                generated: c.generated,
-                identity: false,
-            })
-            .collect();
-        found.tables.insert(
-            entry.name.clone(),
-            TableInfo {
-                name: entry.name.clone(),
-                partitioned: false,
-                has_primary_key: false,
-                columns,
-            },
-        );
-        found.levels.insert(entry.name.clone(), entry.level);
-        found
-            .user_id_columns
-            .insert(entry.name.clone(), entry.user_id_columns.clone());
-    }
-    found
-}
-
 fn plan_table(
     spec: &'static TableSpec,
     entry: FileEntry,
@@ -486,7 +410,7 @@ fn plan_table(
         // The staging table has the source's shape (the expression contract in column_map),
         // and a column per lookup.
         let stage = format!("fmig_stage_{}", spec.name);
-        let defs = pipeline::staging_columns(&entry_columns(&entry), &map);
+        let defs = pipeline::staging_columns(&pipeline::entry_columns(&entry), &map);
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
             quote_ident(&stage),
@@ -513,15 +437,6 @@ fn plan_table(
         left_behind: Arc::default(),
         lookups: pipeline::Lookups::default(),
     })
-}
-
-/// (name, type oid, type name) of an export file's columns, as the pipeline takes them.
-pub fn entry_columns(entry: &FileEntry) -> Vec<(&str, u32, &str)> {
-    entry
-        .columns
-        .iter()
-        .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
-        .collect()
 }
 
 /// The user mapping as the import needs it: old Supabase id (lower-cased) -> Stack Auth id.

@@ -56,7 +56,6 @@ use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
 use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs};
 use crate::codec::{self, Cast, ColumnKind, PgType};
 use crate::column_map::{ColumnMap, ColumnValue, TableMap};
-use crate::commands::import;
 use crate::connect::{self, ConnectOptions, DbUrl};
 use crate::copy_binary::CopyBinaryParser;
 use crate::files;
@@ -243,7 +242,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         }
         VerifyAgainst::Export => {
             let metadata = Metadata::load(&args.export_dir)?;
-            (None, import::source_catalog(&metadata), Some(metadata))
+            (None, pipeline::source_catalog(&metadata), Some(metadata))
         }
     };
     let mut target_client = connect::connect(&target_url, &options).await?;
@@ -251,7 +250,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     column_map
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
-    import::check_expressions(&column_map, &source, &target, &mut target_client).await?;
+    pipeline::check_mapping(&column_map, &source, &target, &mut target_client).await?;
 
     let mut plans = Vec::new();
     let mut reports = Vec::new();
@@ -1072,7 +1071,7 @@ async fn staged(
 /// The staging side of --against export: the export's columns, typed as in the source.
 fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
     let stage = format!("fmig_verify_{}", plan.name);
-    let defs = pipeline::staging_columns(&import::entry_columns(entry), &plan.map);
+    let defs = pipeline::staging_columns(&pipeline::entry_columns(entry), &plan.map);
     let kinds = entry
         .columns
         .iter()

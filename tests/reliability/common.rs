@@ -24,18 +24,51 @@ pub fn fixture(name: &str) -> PathBuf {
 pub struct Setup {
     pub cluster: Cluster,
     pub work: Workdir,
+    /// The rewrite fixture (`tests/fixtures/rewrite`) is laid over the pair.
+    pub rewrite: bool,
 }
 
 impl Setup {
     pub fn new(config: &SeedConfig) -> Setup {
+        Setup::with(config, false)
+    }
+
+    /// [`Setup::new`] with the real rewrite's drift and its mapping (row filters, lookups,
+    /// per-column unmapped policies, a generated secret).
+    pub fn rewrite(config: &SeedConfig) -> Setup {
+        Setup::with(config, true)
+    }
+
+    fn with(config: &SeedConfig, rewrite: bool) -> Setup {
         let cluster = Cluster::start();
         seed::load_source_schema(&cluster, SOURCE_DB);
         seed::seed_source(&cluster, SOURCE_DB, config);
-        cluster.create_database(TARGET_DB);
-        seed::load_target_schema(&cluster, TARGET_DB);
+        if rewrite {
+            cluster.psql_file(SOURCE_DB, &fixture("rewrite/source.sql"));
+        }
         let work = Workdir::new();
-        std::fs::copy(fixture("fmig.toml"), work.path().join("fmig.toml")).unwrap();
-        Setup { cluster, work }
+        let mapping = if rewrite {
+            "rewrite/fmig.toml"
+        } else {
+            "fmig.toml"
+        };
+        std::fs::copy(fixture(mapping), work.path().join("fmig.toml")).unwrap();
+        let setup = Setup {
+            cluster,
+            work,
+            rewrite,
+        };
+        setup.cluster.create_database(TARGET_DB);
+        setup.load_target_schema(TARGET_DB);
+        setup
+    }
+
+    /// The target schema (with the rewrite's drift when the setup has it) into `db`.
+    pub fn load_target_schema(&self, db: &str) {
+        seed::load_target_schema(&self.cluster, db);
+        if self.rewrite {
+            self.cluster.psql_file(db, &fixture("rewrite/target.sql"));
+        }
     }
 
     pub fn source_url(&self) -> String {
@@ -98,13 +131,26 @@ pub fn write_user_mapping(source: &Cluster, work: &Workdir, dir: &str) {
 
 /// Per imported table: row count and an order-independent hash of its rows.
 pub fn fingerprint(cluster: &Cluster, db: &str) -> Vec<(String, u64, String)> {
+    fingerprint_without(cluster, db, &[])
+}
+
+/// [`fingerprint`] leaving out `generated` columns (a random secret the mapping generates, which
+/// differs between any two imports; verify lists it as not compared).
+pub fn fingerprint_without(
+    cluster: &Cluster,
+    db: &str,
+    generated: &[&str],
+) -> Vec<(String, u64, String)> {
+    let row = generated.iter().fold("to_jsonb(x)".to_string(), |acc, c| {
+        format!("({acc} - '{c}')")
+    });
     fmig::manifest::builtin()
         .iter()
         .map(|t| {
             let line = cluster.psql(
                 db,
                 &format!(
-                    "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') \
+                    "SELECT count(*) || ':' || coalesce(md5(string_agg({row}::text, '|' ORDER BY {row}::text)), '') \
                      FROM public.{} x",
                     t.name
                 ),

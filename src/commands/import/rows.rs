@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::{TablePlan, entry_columns};
+use super::TablePlan;
 use crate::catalog::Discovered;
 use crate::cli::Unmapped;
 use crate::column_map::{ColumnMap, Lookup, TableMap};
@@ -292,7 +292,10 @@ async fn left_behind(
     let mut filter_rows = None;
     let mut failure = None;
     if let Some(filter) = &input.map.filter {
-        let defs = pipeline::staging_columns(&entry_columns(&input.entry), &no_lookups(&input.map));
+        let defs = pipeline::staging_columns(
+            &pipeline::entry_columns(&input.entry),
+            &no_lookups(&input.map),
+        );
         match FilterStage::create(client, name, &defs, filter).await {
             Ok(stage) => {
                 while let Some(batch) = receiver.recv().await {
