@@ -486,6 +486,31 @@ pub async fn check_statements(
     target: &crate::catalog::Discovered,
     tx: &mut tokio_postgres::Transaction<'_>,
 ) -> Result<()> {
+    let problems = rejected_statements(column_map, specs, source, target, tx).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|(table, problem)| format!("{table}: {problem}"))
+        .collect();
+    bail!(
+        "{} statement(s) import would run are rejected by the target:\n  {}\n  next step: \
+         correct the column mapping (the message names the column or condition)",
+        lines.len(),
+        lines.join("\n  ")
+    )
+}
+
+/// [`check_statements`]' problems as (source table, what the target rejects and why), for
+/// `plan` to report among the table's differences.
+pub async fn rejected_statements(
+    column_map: &crate::column_map::ColumnMap,
+    specs: &[crate::manifest::TableSpec],
+    source: &crate::catalog::Discovered,
+    target: &crate::catalog::Discovered,
+    tx: &mut tokio_postgres::Transaction<'_>,
+) -> Result<Vec<(String, String)>> {
     let mut problems = Vec::new();
     for spec in specs {
         if column_map.is_skipped(spec.name)
@@ -530,23 +555,14 @@ pub async fn check_statements(
         }
         for (what, sql) in statements {
             if let Err(err) = crate::column_map::prepare_checked(tx, &sql).await? {
-                problems.push(format!(
-                    "{}: the target rejects {what}: {}",
-                    spec.name,
-                    server_message(&err)
+                problems.push((
+                    spec.name.to_string(),
+                    format!("the target rejects {what}: {}", server_message(&err)),
                 ));
             }
         }
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "{} statement(s) import would run are rejected by the target:\n  {}\n  next step: \
-         correct the column mapping (the message names the column or condition)",
-        problems.len(),
-        problems.join("\n  ")
-    )
+    Ok(problems)
 }
 
 /// Batches of COPY text lines of a source table's rows (source column order, user ids

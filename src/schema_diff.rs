@@ -112,6 +112,28 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// Statements import would run that the target rejects (see
+    /// [`crate::pipeline::rejected_statements`]): blocking, in their table.
+    pub fn add_rejected_statements(&mut self, rejected: Vec<(String, String)>) {
+        for (table, message) in rejected {
+            let finding = Finding {
+                class: Class::Blocking,
+                kind: "statement_rejected",
+                columns: Vec::new(),
+                message: format!(
+                    "{message}; import would stop here: correct the column mapping (the message \
+                     names the column or condition)"
+                ),
+                counts: BTreeMap::new(),
+                suggestion: None,
+            };
+            match self.tables.iter_mut().find(|t| t.table == table) {
+                Some(t) => t.findings.insert(0, finding),
+                None => self.schema.push(finding),
+            }
+        }
+    }
+
     pub fn findings(&self) -> impl Iterator<Item = &Finding> {
         self.tables
             .iter()
@@ -804,6 +826,9 @@ pub struct Inputs<'a> {
     pub target: &'a Catalog,
     /// From [`catalog::user_ids_by_value`] on the source.
     pub by_value: &'a [UserIdsByValue],
+    /// Tables whose statements the target rejected (reported as blocking): their `where` is not
+    /// applied when measuring, since the source would reject it too.
+    pub rejected: &'a BTreeSet<String>,
 }
 
 /// Compares every manifest table. Counts are taken with `source` (the snapshot the caller
@@ -835,7 +860,10 @@ pub async fn compare(
     let mut user_id_columns = Vec::new();
     for (_, spec) in manifest::import_order(inputs.specs, &inputs.target.found) {
         let pending = table_findings(inputs, spec, &maps, &mut user_id_columns, target).await?;
-        let filter = maps.get(spec.name).and_then(|m| m.filter.as_deref());
+        let filter = maps
+            .get(spec.name)
+            .and_then(|m| m.filter.as_deref())
+            .filter(|_| !inputs.rejected.contains(spec.name));
         let counts = measure(source, spec.name, filter, &pending).await?;
         let findings = sort_findings(pending.into_iter().map(|p| p.finish(&counts)).collect());
         let target_table = inputs.map.target_name(spec.name).to_string();
@@ -866,7 +894,11 @@ pub async fn compare(
 /// moves (its `where` applied): lost references. Import refuses them unless the entry says
 /// `missing = "null"`; rows left behind by `skip_row` are not known before the user mapping
 /// exists and are counted by import.
-fn lost_references(lookup: &Lookup, maps: &BTreeMap<&str, TableMap>) -> Measure {
+fn lost_references(
+    lookup: &Lookup,
+    maps: &BTreeMap<&str, TableMap>,
+    rejected: &BTreeSet<String>,
+) -> Measure {
     let keys: Vec<String> = lookup
         .matches
         .iter()
@@ -880,6 +912,7 @@ fn lost_references(lookup: &Lookup, maps: &BTreeMap<&str, TableMap>) -> Measure 
     let kept = maps
         .get(lookup.table.as_str())
         .and_then(|m| m.filter.as_deref())
+        .filter(|_| !rejected.contains(&lookup.table))
         .map(|f| format!(" AND {}", pipeline::keep_condition(f)))
         .unwrap_or_default();
     Measure {
@@ -1030,7 +1063,11 @@ async fn table_findings(
     };
 
     table_shape_findings(inputs, src, tgt, &mut out);
-    if let Some(filter) = &map.filter {
+    if let Some(filter) = map
+        .filter
+        .as_ref()
+        .filter(|_| !inputs.rejected.contains(name))
+    {
         out.push(left_behind(filter));
     }
     let renames = rename_candidates(inputs, src, tgt, map);
@@ -1103,7 +1140,9 @@ async fn table_findings(
                         }
                     ),
                 );
-                pending.measures.push(lost_references(lookup, maps));
+                pending
+                    .measures
+                    .push(lost_references(lookup, maps, inputs.rejected));
                 out.push(pending);
             }
         }

@@ -440,11 +440,37 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
 }
 
 #[test]
-fn lost_references_fail_plan_and_refuse_the_import_before_any_write() {
+fn rejected_statements_and_lost_references_fail_plan_and_refuse_the_import_before_any_write() {
     let r = Rewrite::prepare();
     // Without `missing = "null"`, an actor who has no profile (a user deleted long ago, an
     // anonymous one) or whose profile stays behind (not migrated) is a lost reference.
     let mapping = std::fs::read_to_string(r.work.path().join("fmig.toml")).unwrap();
+
+    // First a row filter the target cannot evaluate: plan prepares every statement import
+    // would run, so it blocks (exit 1, in its table), and import refuses it before any write.
+    let broken = mapping.replace(
+        "where = \"temperature IS NOT NULL\"",
+        "where = \"temprature IS NOT NULL\"",
+    );
+    assert_ne!(broken, mapping);
+    std::fs::write(r.work.path().join("fmig.toml"), &broken).unwrap();
+    let plan = r.run(&["plan"]);
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    let line = plan
+        .stdout
+        .lines()
+        .find(|l| l.contains("BLOCKING") && l.contains("sensor_readings"))
+        .unwrap_or_else(|| panic!("{}", plan.stdout));
+    assert!(
+        line.contains("the target rejects the where condition") && line.contains("temprature"),
+        "{line}"
+    );
+    let run = r.import();
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("temprature"), "{}", run.stderr);
+    assert!(run.stderr.contains("Nothing was written"), "{}", run.stderr);
+    assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
+
     let strict = mapping.replace(
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\", missing = \"null\" }",
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\" }",

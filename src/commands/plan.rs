@@ -91,17 +91,20 @@ pub async fn run(args: &PlanArgs) -> Result<Outcome> {
         &mut target,
     )
     .await?;
-    // The template is written for a pair no mapping settles yet: nothing to prepare.
-    if args.write_template.is_none() {
-        crate::pipeline::check_statements(
+    // The statements import will run, prepared; a rejected one is blocking (the template is
+    // written for a pair no mapping settles yet: nothing to prepare).
+    let rejected = if args.write_template.is_none() {
+        crate::pipeline::rejected_statements(
             &map,
             specs,
             &source_catalog.found,
             &target_catalog.found,
             &mut target,
         )
-        .await?;
-    }
+        .await?
+    } else {
+        Vec::new()
+    };
 
     spinner.set_message("looking for user ids in uuid columns");
     let present: Vec<&str> = specs
@@ -117,8 +120,10 @@ pub async fn run(args: &PlanArgs) -> Result<Outcome> {
         source: &source_catalog,
         target: &target_catalog,
         by_value: &by_value,
+        rejected: &rejected.iter().map(|(t, _)| t.clone()).collect(),
     };
-    let comparison = schema_diff::compare(&inputs, &source, &mut target).await?;
+    let mut comparison = schema_diff::compare(&inputs, &source, &mut target).await?;
+    comparison.add_rejected_statements(rejected);
     source
         .commit()
         .await
