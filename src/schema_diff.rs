@@ -1939,6 +1939,65 @@ fn lookup_expression(
 }
 
 /// Foreign keys of one table: those the target adds (rows may break them) and those it drops.
+/// A target foreign key whose column is copied from the source and whose referenced table's
+/// source rows are filtered by a `where`: rows that reference a row left behind would be
+/// rejected by the key, mid-import. Counted over the rows that move; blocking.
+fn references_left_behind(
+    fk: &ForeignKey,
+    map: &TableMap,
+    maps: &BTreeMap<&str, TableMap>,
+    rejected: &BTreeSet<String>,
+) -> Option<Pending> {
+    let ([column], [referenced]) = (fk.columns.as_slice(), fk.referenced_columns.as_slice()) else {
+        return None;
+    };
+    let ColumnValue::Source {
+        column: own_source, ..
+    } = &map.column(column)?.value
+    else {
+        return None;
+    };
+    let to = maps.values().find(|m| m.target_table == fk.references)?;
+    if rejected.contains(&to.source_table) {
+        return None;
+    }
+    let filter = to.filter.as_deref()?;
+    let their_source = to.column(referenced).and_then(|c| match &c.value {
+        ColumnValue::Source { column, .. } => Some(column.clone()),
+        _ => None,
+    })?;
+    Some(Pending {
+        kind: "references_rows_left_behind",
+        columns: vec![own_source.clone()],
+        head: format!(
+            "references {}({referenced}), whose where leaves rows behind",
+            fk.references
+        ),
+        base: Class::Ok,
+        measures: vec![Measure {
+            key: "references_left_behind",
+            label: format!(
+                "rows reference a row of {} that stays behind (the target's foreign key {} \
+                 would reject them mid-import; set {column} = {{ lookup = \"{}\", match = \
+                 {{ {their_source} = \"{own_source}\" }}, take = \"{their_source}\", \
+                 missing = \"null\" }} to write NULL, or leave these rows behind too)",
+                to.source_table, fk.constraint, to.source_table
+            ),
+            sql: count_where(format!(
+                "t.{own} IS NOT NULL AND EXISTS (SELECT 1 FROM {} AS src WHERE src.{their} = \
+                 t.{own} AND NOT {})",
+                QualifiedName::new(APP_SCHEMA, &to.source_table).quoted(),
+                pipeline::keep_condition(filter),
+                own = quote_ident(own_source),
+                their = quote_ident(&their_source),
+            )),
+            effect: Effect::Fails,
+        }],
+        suggestion: None,
+        settled_by: None,
+    })
+}
+
 fn foreign_key_findings(
     inputs: &Inputs<'_>,
     table: &str,
@@ -1977,6 +2036,11 @@ fn foreign_key_findings(
         .iter()
         .filter(|fk| fk.table == map.target_table)
         .collect();
+    for fk in &target_keys {
+        if let Some(pending) = references_left_behind(fk, map, maps, inputs.rejected) {
+            out.push(pending);
+        }
+    }
     for fk in &target_keys {
         let key = (
             fk.columns.clone(),

@@ -471,6 +471,48 @@ fn rejected_statements_and_lost_references_fail_plan_and_refuse_the_import_befor
     assert!(run.stderr.contains("Nothing was written"), "{}", run.stderr);
     assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
 
+    // References to rows a where leaves behind, copied as they are: the target's foreign key
+    // would reject them mid-import, so plan blocks with the count (found here on the source).
+    let unguarded: String = mapping
+        .lines()
+        .filter(|l| !l.starts_with("corrective_action_id = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(unguarded, mapping);
+    std::fs::write(r.work.path().join("fmig.toml"), &unguarded).unwrap();
+    let referencing = r.source(
+        "SELECT count(*) FROM public.event_logs e JOIN public.corrective_actions c \
+         ON c.id = e.corrective_action_id WHERE c.alert_id IS NULL",
+    );
+    assert_ne!(referencing, "0");
+    let plan = r.run(&["plan"]);
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    let line = plan
+        .stdout
+        .lines()
+        .find(|l| l.contains("BLOCKING") && l.contains("stays behind"))
+        .unwrap_or_else(|| panic!("{}", plan.stdout));
+    assert!(
+        line.contains("event_logs")
+            && line.contains("corrective_action_id")
+            && line.contains(&format!(
+                "{referencing} rows reference a row of corrective_actions that stays behind"
+            )),
+        "{line}"
+    );
+    let run = r.import();
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "event_logs.corrective_action_id references corrective_actions(id) by foreign key \
+             event_logs_corrective_action_id_fkey: {referencing} row(s) point at a row that stays behind"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("nothing was written"), "{}", run.stderr);
+    assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
+
     let strict = mapping.replace(
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\", missing = \"null\" }",
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\" }",

@@ -215,16 +215,118 @@ pub(super) async fn decide(
             }
         }
     }
+    refusals.extend(references_left_behind(dir, target, plans, &decided, user_map, default).await?);
     if !refusals.is_empty() {
         bail!(
             "lost references: lookups that find no row that is migrated (the key is in no row \
-             of the looked-up table, or only in a row that stays behind):\n  {}\n  next step: \
-             decide in the column mapping: missing = \"null\" on the lookup writes NULL, or a \
-             where on this table leaves such rows behind too (fmig plan counts the keys that find no row in the source)",
+             of the looked-up table, or only in a row that stays behind), or foreign keys to rows \
+             that stay behind:\n  {}\n  next step: decide in the column mapping: missing = \
+             \"null\" on a lookup writes NULL, or a where on this table leaves such rows behind \
+             too (fmig plan counts what it can see on the source)",
             refusals.join("\n  ")
         );
     }
     Ok(decided)
+}
+
+/// Rows that move but whose column, copied as it is, references (by a foreign key of the
+/// target) the `id` of a row that stays behind: the key would reject them mid-import. One
+/// refusal line per column, counted, with examples.
+async fn references_left_behind(
+    dir: &Path,
+    target: &Discovered,
+    plans: &[TablePlan],
+    decided: &Decided,
+    user_map: &Arc<HashMap<String, String>>,
+    default: Unmapped,
+) -> Result<Vec<String>> {
+    let mut refusals = Vec::new();
+    for plan in plans {
+        for fk in target
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.table == plan.map.target_table)
+        {
+            let ([column], [referenced]) =
+                (fk.columns.as_slice(), fk.referenced_columns.as_slice())
+            else {
+                continue;
+            };
+            let Some(crate::column_map::ColumnValue::Source { column: own, .. }) =
+                plan.map.column(column).map(|c| &c.value)
+            else {
+                continue;
+            };
+            let Some(to) = plans.iter().find(|p| p.map.target_table == fk.references) else {
+                continue;
+            };
+            let by_id = to.map.column(referenced).is_some_and(|c| {
+                matches!(&c.value, crate::column_map::ColumnValue::Source { column, .. } if column == "id")
+            });
+            let gone: std::collections::HashSet<String> = decided
+                .rows
+                .get(to.spec.name)
+                .into_iter()
+                .flat_map(|rows| rows.values().filter_map(|(id, _)| id.clone()))
+                .collect();
+            if !by_id || gone.is_empty() {
+                continue;
+            }
+            let Some(field) = plan.entry.columns.iter().position(|c| &c.name == own) else {
+                continue;
+            };
+            let input = Input {
+                map: plan.map.clone(),
+                entry: plan.entry.clone(),
+            };
+            let path = dir.join(&plan.entry.file);
+            let user_ids = input.user_ids(user_map, default);
+            let own_gone = plan.left_behind.clone();
+            let id_field = input.id_field();
+            let (count, samples) = tokio::task::spawn_blocking(move || {
+                let mut count = 0u64;
+                let mut samples = Vec::new();
+                scan_file(&path, &input.entry, &user_ids, |i, row, raw| {
+                    if row.is_err() || own_gone.contains_key(&i) {
+                        return Ok(());
+                    }
+                    let fields = pipeline::fields(raw);
+                    let value = String::from_utf8_lossy(fields[field]);
+                    if gone.contains(value.as_ref()) {
+                        count += 1;
+                        if samples.len() < SAMPLES {
+                            samples.push(match id_field {
+                                Some(f) => format!(
+                                    "row {} (id {}) -> {value}",
+                                    i + 1,
+                                    String::from_utf8_lossy(fields[f])
+                                ),
+                                None => format!("row {} -> {value}", i + 1),
+                            });
+                        }
+                    }
+                    Ok(())
+                })?;
+                Ok::<_, anyhow::Error>((count, samples))
+            })
+            .await
+            .context("the reference check panicked")??;
+            if count > 0 {
+                refusals.push(format!(
+                    "{}.{own} references {}({referenced}) by foreign key {}: {} row(s) point at \
+                     a row that stays behind, e.g. {}; set {column} = {{ lookup = \"{}\", match = \
+                     {{ id = \"{own}\" }}, take = \"id\", missing = \"null\" }} to write NULL",
+                    plan.spec.name,
+                    fk.references,
+                    fk.constraint,
+                    thousands(count as i64),
+                    samples.join("; "),
+                    to.spec.name
+                ));
+            }
+        }
+    }
+    Ok(refusals)
 }
 
 /// The rows of one table that stay behind: `skip_row` user ids, then the filter, evaluated by
