@@ -237,6 +237,26 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         "{line}"
     );
 
+    // import --dry-run makes the same decisions with the user mapping, and writes nothing.
+    let dry = r.run(&[
+        "import",
+        "--input-dir",
+        "out",
+        "--unmapped",
+        "null",
+        "--dry-run",
+    ]);
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stdout, dry.stderr);
+    let line = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("sensor_readings "))
+        .unwrap_or_else(|| panic!("{}", dry.stdout));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], readings_left, "{line}");
+    assert!(!r.work.path().join("out/left-behind").exists());
+    assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
+
     let run = r.import();
     assert_eq!(run.code, 0, "import: {}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("left behind"), "{}", run.stdout);

@@ -1111,6 +1111,7 @@ fn render_dry_run(
         ("table", Align::Left),
         ("into", Align::Left),
         ("rows", Align::Right),
+        ("left behind", Align::Right),
         ("resume at", Align::Right),
         ("path", Align::Left),
         ("user-id columns", Align::Left),
@@ -1121,6 +1122,7 @@ fn render_dry_run(
             p.spec.name.to_string(),
             p.map.target_table.clone(),
             thousands(p.entry.rows as i64),
+            thousands(p.left_behind.len() as i64),
             if args.truncate_first {
                 "0 (truncate)".into()
             } else {
