@@ -4,7 +4,8 @@
 //!
 //! A source row travels as one line of `COPY ... FROM STDIN` text in the source's column
 //! order (user-defined types as text, see [`staging_type`]), user ids already rewritten. For a
-//! table with lookups, each lookup's value is appended to the line as one more field, and the
+//! table with lookups, each lookup's value (found by the source's own ids, before the
+//! rewrite) is appended to the line as one more field, and the
 //! staging table has a column for it (`fmig_lookup_<n>`); the target column then reads it like
 //! any other staged column. So a lookup is decided by fmig from the **source's** rows (the
 //! export files for import and `verify --against export`, the source database for verify),
@@ -13,9 +14,10 @@
 //!
 //! **Row filters** (`where`) are SQL conditions. They are evaluated by the target server over
 //! staged source rows, in temporary tables of fmig's own session (nothing the application sees
-//! is read or written): import does it in a pass before its first write ([`filter_out`]), to
+//! is read or written): import does it in a pass before its first write ([`FilterStage`]), to
 //! list the rows that stay behind and to know which rows lookups may find; verify applies the
-//! same condition as the `WHERE` of its staged read.
+//! same condition as the `WHERE` of its staged read. Like `set` expressions, a filter sees
+//! user-id columns already rewritten.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -728,8 +730,8 @@ pub async fn lookup_values(
     Ok(values)
 }
 
-/// [`ColumnMap::check_expressions`] and [`check_statements`] in a read-only transaction of the target, before anything
-/// is written (import and verify).
+/// [`ColumnMap::check_expressions`] and [`check_statements`] in a read-only transaction of the
+/// target, before anything is written (import and verify).
 pub async fn check_mapping(
     column_map: &ColumnMap,
     source: &Discovered,

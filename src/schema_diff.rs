@@ -2065,6 +2065,39 @@ fn foreign_key_findings(
         if from_user_column {
             continue;
         }
+        // Set by a lookup that takes the referenced column of the referenced table's rows that
+        // move: every value written exists there (or is NULL).
+        let by_lookup = match (fk.columns.as_slice(), fk.referenced_columns.as_slice()) {
+            ([c], [referenced]) => map.column(c).is_some_and(|w| match &w.value {
+                ColumnValue::Lookup { index, .. } => {
+                    let lookup = &map.lookups[*index];
+                    maps.get(lookup.table.as_str()).is_some_and(|to| {
+                        to.target_table == fk.references
+                            && to
+                                .target_of(&lookup.take)
+                                .is_some_and(|t| &t.name == referenced)
+                    })
+                }
+                _ => false,
+            }),
+            _ => false,
+        };
+        if by_lookup {
+            out.push(Pending::fixed(
+                "foreign_key_added",
+                &fk.columns.iter().map(String::as_str).collect::<Vec<_>>(),
+                Class::Ok,
+                format!(
+                    "the target adds foreign key {} -> {}({}); the lookup takes its values from \
+                     the rows of {} that move, so each one exists there (or is NULL)",
+                    fk.constraint,
+                    fk.references,
+                    fk.referenced_columns.join(", "),
+                    fk.references
+                ),
+            ));
+            continue;
+        }
         out.push(Pending::fixed(
             "foreign_key_added",
             &fk.columns.iter().map(String::as_str).collect::<Vec<_>>(),

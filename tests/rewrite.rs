@@ -236,6 +236,23 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         line.contains(&format!("{readings_left} rows stay behind")),
         "{line}"
     );
+    // A foreign key the target adds is settled by a lookup into the referenced rows that move.
+    assert!(
+        !plan
+            .stdout
+            .lines()
+            .any(|l| l.contains("corrective_action_id") && l.contains("would fail")),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .lines()
+            .any(|l| l.contains("corrective_action_id")
+                && l.contains("the lookup takes its values from the rows of corrective_actions")),
+        "{}",
+        plan.stdout
+    );
 
     // import --dry-run makes the same decisions with the user mapping, and writes nothing.
     let dry = r.run(&[
