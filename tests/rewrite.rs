@@ -483,6 +483,23 @@ fn rejected_statements_and_lost_references_fail_plan_and_refuse_the_import_befor
     // anonymous one) or whose profile stays behind (not migrated) is a lost reference.
     let mapping = std::fs::read_to_string(r.work.path().join("fmig.toml")).unwrap();
 
+    // Under --unmapped fail (the default), unmapped ids are refused in the columns that reach
+    // the target as they are, not in those only a lookup reads (its lost references decide).
+    let run = r.run(&["import", "--input-dir", "out", "--dry-run"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("notification_deliveries.profile_id"),
+        "{}",
+        run.stderr
+    );
+    for lookup_key in ["alerts.acknowledged_by", "event_logs.actor_id"] {
+        assert!(
+            !run.stderr.contains(lookup_key),
+            "{lookup_key}: {}",
+            run.stderr
+        );
+    }
+
     // First a row filter the target cannot evaluate: plan prepares every statement import
     // would run, so it blocks (exit 1, in its table), and import refuses it before any write.
     let broken = mapping.replace(

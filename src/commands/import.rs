@@ -377,6 +377,17 @@ fn plan_table(
     let mut user_ids = Vec::new();
     for column in &map.user_id_columns {
         let Some(i) = index(column) else { continue };
+        // A column only a lookup reads (its key, compared as the source's id) reaches the
+        // target through the lookup, which decides lost references itself: no unmapped-id
+        // check, no rewrite.
+        let reaches_target = map.columns.iter().any(|t| match &t.value {
+            ColumnValue::Source { column: c, .. } => c == column,
+            ColumnValue::Expression { sql, .. } => crate::column_map::mentions(sql, column),
+            ColumnValue::Lookup { .. } => false,
+        });
+        if !reaches_target {
+            continue;
+        }
         let nullable = map
             .target_of(column)
             .and_then(|t| info.column(&t.name))
