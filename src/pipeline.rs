@@ -193,8 +193,9 @@ pub fn fields(line: &[u8]) -> Vec<&[u8]> {
 #[derive(Debug, Default)]
 pub struct LookupValues {
     values: HashMap<Vec<u8>, Vec<u8>>,
-    /// Keys that several looked-up rows have (the lookup is ambiguous for them).
-    pub ambiguous: BTreeSet<String>,
+    /// Keys that several looked-up rows have: a row whose key is one of them finds no single
+    /// row ([`Found::Ambiguous`]); keys nobody looks up do no harm.
+    ambiguous: std::collections::HashSet<Vec<u8>>,
 }
 
 /// The answer of a lookup for one row.
@@ -205,6 +206,8 @@ pub enum Found<'a> {
     NullKey,
     /// No migrated row has the key.
     Lost,
+    /// Several migrated rows have the key.
+    Ambiguous,
 }
 
 impl LookupValues {
@@ -215,8 +218,7 @@ impl LookupValues {
         };
         let value = row[take].to_vec();
         if self.values.insert(key.clone(), value).is_some() {
-            self.ambiguous
-                .insert(String::from_utf8_lossy(&key).replace('\t', ","));
+            self.ambiguous.insert(key);
         }
     }
 
@@ -232,6 +234,7 @@ impl LookupValues {
     pub fn find(&self, key_fields: &[usize], row: &[&[u8]]) -> Found<'_> {
         match key_of(key_fields, row) {
             None => Found::NullKey,
+            Some(key) if self.ambiguous.contains(&key) => Found::Ambiguous,
             Some(key) => self
                 .values
                 .get(&key)
@@ -298,7 +301,7 @@ impl Lookups {
             match values.find(keys, row) {
                 Found::Value(v) => line.extend_from_slice(v),
                 Found::NullKey => line.extend_from_slice(b"\\N"),
-                Found::Lost => {
+                Found::Lost | Found::Ambiguous => {
                     line.extend_from_slice(b"\\N");
                     lost.get_or_insert(n);
                 }
@@ -446,35 +449,6 @@ impl Reason {
 
 /// Rows (0-based index in the export file) that stay behind, per source table.
 pub type LeftBehind = BTreeMap<String, BTreeMap<u64, Reason>>;
-
-/// Fails when a lookup table has keys that several rows share: a lookup must find one row.
-pub fn check_unambiguous(lookup: &Lookup, values: &LookupValues, table: &str) -> Result<()> {
-    if values.ambiguous.is_empty() {
-        return Ok(());
-    }
-    let sample: Vec<&String> = values.ambiguous.iter().take(3).collect();
-    bail!(
-        "{table}.{} = lookup in {}: {} key(s) of ({}) match several rows of {} (e.g. {}); a \
-         lookup must find at most one row.\n  next step: match on columns that identify one row \
-         of {} (its primary key or a unique column), or filter the duplicates with where",
-        lookup.target_column,
-        lookup.table,
-        values.ambiguous.len(),
-        lookup
-            .matches
-            .iter()
-            .map(|(t, _)| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        lookup.table,
-        sample
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("; "),
-        lookup.table
-    )
-}
 
 /// Prepares, on the target, every statement import will run for the mapping's tables (never
 /// run): the `INSERT ... SELECT` of each staged table over a row of NULLs typed like the
@@ -887,6 +861,8 @@ mod tests {
         let mut values = LookupValues::default();
         values.add(&[0], 1, &[b"k", b"v1"]);
         values.add(&[0], 1, &[b"k", b"v2"]);
-        assert_eq!(values.ambiguous.len(), 1);
+        values.add(&[0], 1, &[b"j", b"v3"]);
+        assert_eq!(values.find(&[0], &[b"k"]), Found::Ambiguous);
+        assert_eq!(values.find(&[0], &[b"j"]), Found::Value(b"v3"));
     }
 }

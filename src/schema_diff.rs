@@ -899,6 +899,56 @@ fn lost_references(
     maps: &BTreeMap<&str, TableMap>,
     rejected: &BTreeSet<String>,
 ) -> Measure {
+    let (keys, matches, kept) = lookup_sql(lookup, maps, rejected);
+    Measure {
+        key: "lost_references",
+        label: if lookup.missing_null {
+            "keys find no migrated row (NULL instead)".into()
+        } else {
+            "keys find no migrated row: lost references (import refuses them; add missing = \"null\" to write NULL)".into()
+        },
+        sql: count_where(format!(
+            "{keys} AND NOT EXISTS (SELECT 1 FROM {} AS src WHERE {matches}{kept})",
+            QualifiedName::new(APP_SCHEMA, &lookup.table).quoted(),
+        )),
+        effect: if lookup.missing_null {
+            Effect::Changes
+        } else {
+            Effect::Fails
+        },
+    }
+}
+
+/// Rows whose lookup key finds several rows of the looked-up table that move: import refuses
+/// an ambiguous lookup, so plan blocks on it.
+fn ambiguous_keys(
+    lookup: &Lookup,
+    maps: &BTreeMap<&str, TableMap>,
+    rejected: &BTreeSet<String>,
+) -> Measure {
+    let (keys, matches, kept) = lookup_sql(lookup, maps, rejected);
+    Measure {
+        key: "ambiguous_keys",
+        label: format!(
+            "keys find several rows of {} (a lookup must find one: match on a unique column, or \
+             leave the duplicates behind with where)",
+            lookup.table
+        ),
+        sql: count_where(format!(
+            "{keys} AND (SELECT count(*) FROM {} AS src WHERE {matches}{kept}) > 1",
+            QualifiedName::new(APP_SCHEMA, &lookup.table).quoted(),
+        )),
+        effect: Effect::Fails,
+    }
+}
+
+/// A lookup's SQL over the measured table `t` and the looked-up table `src`: its keys are not
+/// NULL, its match condition, and ` AND <the looked-up table's where>` (or nothing).
+fn lookup_sql(
+    lookup: &Lookup,
+    maps: &BTreeMap<&str, TableMap>,
+    rejected: &BTreeSet<String>,
+) -> (String, String, String) {
     let keys: Vec<String> = lookup
         .matches
         .iter()
@@ -915,25 +965,7 @@ fn lost_references(
         .filter(|_| !rejected.contains(&lookup.table))
         .map(|f| format!(" AND {}", pipeline::keep_condition(f)))
         .unwrap_or_default();
-    Measure {
-        key: "lost_references",
-        label: if lookup.missing_null {
-            "keys find no migrated row (NULL instead)".into()
-        } else {
-            "keys find no migrated row: lost references (import refuses them; add missing = \"null\" to write NULL)".into()
-        },
-        sql: count_where(format!(
-            "{} AND NOT EXISTS (SELECT 1 FROM {} AS src WHERE {}{kept})",
-            keys.join(" AND "),
-            QualifiedName::new(APP_SCHEMA, &lookup.table).quoted(),
-            matches.join(" AND ")
-        )),
-        effect: if lookup.missing_null {
-            Effect::Changes
-        } else {
-            Effect::Fails
-        },
-    }
+    (keys.join(" AND "), matches.join(" AND "), kept)
 }
 
 /// Key of the measure counted over every source row, not only the rows that move.
@@ -1143,6 +1175,9 @@ async fn table_findings(
                 pending
                     .measures
                     .push(lost_references(lookup, maps, inputs.rejected));
+                pending
+                    .measures
+                    .push(ambiguous_keys(lookup, maps, inputs.rejected));
                 out.push(pending);
             }
         }

@@ -567,6 +567,41 @@ fn rejected_statements_and_lost_references_fail_plan_and_refuse_the_import_befor
     assert!(run.stderr.contains("nothing was written"), "{}", run.stderr);
     assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
 
+    // A lookup whose key finds several rows that move (organization 0's canceled subscription
+    // moves too without the where): plan and import both refuse to guess.
+    let ambiguous = mapping.replace("where = \"status <> 'canceled'\"\n", "");
+    assert_ne!(ambiguous, mapping);
+    std::fs::write(r.work.path().join("fmig.toml"), &ambiguous).unwrap();
+    let duplicated = r.source(
+        "SELECT count(*) FROM public.organizations o \
+         WHERE (SELECT count(*) FROM public.subscriptions s WHERE s.organization_id = o.id) > 1",
+    );
+    assert_ne!(duplicated, "0");
+    let plan = r.run(&["plan"]);
+    assert_eq!(plan.code, 1, "{}\n{}", plan.stdout, plan.stderr);
+    let line = plan
+        .stdout
+        .lines()
+        .find(|l| l.contains("BLOCKING") && l.contains("sensor_limit"))
+        .unwrap_or_else(|| panic!("{}", plan.stdout));
+    assert!(
+        line.contains(&format!(
+            "{duplicated} keys find several rows of subscriptions"
+        )),
+        "{line}"
+    );
+    let run = r.import();
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "organizations.sensor_limit = lookup in subscriptions by (organization_id = id): \
+             {duplicated} row(s) find several rows of subscriptions"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(r.target("SELECT count(*) FROM public.organizations"), "0");
+
     let strict = mapping.replace(
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\", missing = \"null\" }",
         "actor_profile_id = { lookup = \"profiles\", match = { user_id = \"actor_id\" }, take = \"id\" }",

@@ -495,7 +495,6 @@ async fn lookup_values(
         }
     };
     let values = pipeline::lookup_values(lines, task, lookup, &columns, filter).await?;
-    pipeline::check_unambiguous(lookup, &values, &lookup.table)?;
     Ok(values)
 }
 

@@ -154,7 +154,6 @@ pub(super) async fn decide(
             }
             let input = &inputs[&lookup.table];
             let built = build_values(dir, input, lookup, user_map, default, &skipped).await?;
-            pipeline::check_unambiguous(lookup, &built, plan.spec.name)?;
             values.insert(key, Arc::new(built));
         }
     }
@@ -189,22 +188,36 @@ pub(super) async fn decide(
             &plan.left_behind,
         )
         .await?;
-        for (n, (count, samples)) in lost.iter().enumerate() {
+        for (n, [(count, samples), (ambiguous, examples)]) in lost.iter().enumerate() {
+            let lookup = &plan.map.lookups[n];
+            let matches = lookup
+                .matches
+                .iter()
+                .map(|(theirs, own)| format!("{theirs} = {own}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if *ambiguous > 0 {
+                // Whatever `missing` says: one of several rows would be a guess.
+                refusals.push(format!(
+                    "{}.{} = lookup in {} by ({matches}): {} row(s) find several rows of {}, e.g. \
+                     {}; match on columns that identify one row (its primary key or a unique \
+                     column), or leave the duplicates behind with where",
+                    plan.spec.name,
+                    lookup.target_column,
+                    lookup.table,
+                    thousands(*ambiguous as i64),
+                    lookup.table,
+                    examples.join("; ")
+                ));
+            }
             if *count == 0 {
                 continue;
             }
-            let lookup = &plan.map.lookups[n];
             let text = format!(
-                "{}.{} = lookup in {} by ({}): {} row(s) find no migrated row, e.g. {}",
+                "{}.{} = lookup in {} by ({matches}): {} row(s) find no migrated row, e.g. {}",
                 plan.spec.name,
                 lookup.target_column,
                 lookup.table,
-                lookup
-                    .matches
-                    .iter()
-                    .map(|(theirs, own)| format!("{theirs} = {own}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
                 thousands(*count as i64),
                 samples.join("; ")
             );
@@ -219,8 +232,8 @@ pub(super) async fn decide(
     if !refusals.is_empty() {
         bail!(
             "lost references: lookups that find no row that is migrated (the key is in no row \
-             of the looked-up table, or only in a row that stays behind), or foreign keys to rows \
-             that stay behind:\n  {}\n  next step: decide in the column mapping: missing = \
+             of the looked-up table, or only in a row that stays behind) or several, or foreign \
+             keys to rows that stay behind:\n  {}\n  next step: decide in the column mapping: missing = \
              \"null\" on a lookup writes NULL, or a where on this table leaves such rows behind \
              too (fmig plan counts what it can see on the source)",
             refusals.join("\n  ")
@@ -560,7 +573,8 @@ async fn build_values(
     .context("the lookup reader panicked")?
 }
 
-/// Per lookup of a table: how many of its moving rows find nothing, with a few of them named.
+/// Per lookup of a table: how many of its moving rows find nothing (`[0]`) and how many find
+/// several rows (`[1]`), each with a few of them named.
 async fn lost_references(
     dir: &Path,
     input: &Input,
@@ -568,7 +582,7 @@ async fn lost_references(
     user_map: &Arc<HashMap<String, String>>,
     default: Unmapped,
     left_behind: &Arc<BTreeMap<u64, Reason>>,
-) -> Result<Vec<(u64, Vec<String>)>> {
+) -> Result<Vec<[(u64, Vec<String>); 2]>> {
     let path = dir.join(&input.entry.file);
     let entry = input.entry.clone();
     let user_ids = input.user_ids(user_map, default);
@@ -576,7 +590,8 @@ async fn lost_references(
     let left_behind = left_behind.clone();
     let id_field = input.id_field();
     tokio::task::spawn_blocking(move || {
-        let mut lost: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); lookups.keys.len()];
+        let mut lost: Vec<[(u64, Vec<String>); 2]> =
+            vec![[(0, Vec::new()), (0, Vec::new())]; lookups.keys.len()];
         scan_file(&path, &entry, &user_ids, |i, row, raw| {
             if row.is_err() || left_behind.contains_key(&i) {
                 return Ok(());
@@ -584,8 +599,13 @@ async fn lost_references(
             // Keys are the source's own ids, as the looked-up rows are keyed.
             let fields = pipeline::fields(raw);
             for (n, keys) in lookups.keys.iter().enumerate() {
-                if lookups.values[n].find(keys, &fields) == pipeline::Found::Lost {
-                    let (count, samples) = &mut lost[n];
+                let kind = match lookups.values[n].find(keys, &fields) {
+                    pipeline::Found::Lost => 0,
+                    pipeline::Found::Ambiguous => 1,
+                    _ => continue,
+                };
+                {
+                    let (count, samples) = &mut lost[n][kind];
                     *count += 1;
                     if samples.len() < SAMPLES {
                         let key: Vec<String> = keys
