@@ -589,6 +589,46 @@ pub fn db_lines(
     (receiver, task)
 }
 
+/// Reads an export file row by row as COPY text lines in the file's column order, as exported
+/// (user ids not rewritten): `on_row(index, line)`. The file is checked against its metadata
+/// entry (SHA-256, size) once read: a file edited after the export is an error, not data.
+pub fn read_export_lines(
+    path: &std::path::Path,
+    entry: &FileEntry,
+    mut on_row: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let columns: Vec<String> = entry.columns.iter().map(|c| c.name.clone()).collect();
+    let kinds = entry
+        .columns
+        .iter()
+        .map(|c| {
+            c.kind().ok_or_else(|| {
+                anyhow!(
+                    "metadata.json: {}.{} has an unknown kind",
+                    entry.name,
+                    c.name
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Whether each column is NOT NULL (see `copy_text::write_export_field`).
+    let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
+    let mut raw = Vec::new();
+    let read = crate::json_rows::read_rows_checked(path, &columns, &kinds, |i, values| {
+        raw.clear();
+        for (n, value) in values.iter().enumerate() {
+            if n > 0 {
+                raw.push(b'\t');
+            }
+            crate::copy_text::write_export_field(&mut raw, &kinds[n], not_null[n], value)
+                .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
+        }
+        on_row(i, &raw)
+    })
+    .with_context(|| format!("reading {}", path.display()))?;
+    entry.check_read(path, &read)
+}
+
 /// [`db_lines`] for an export file (read on a blocking thread; checked against its entry).
 pub fn file_lines(
     path: std::path::PathBuf,
@@ -600,34 +640,10 @@ pub fn file_lines(
 ) {
     let (sender, receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let task = tokio::task::spawn_blocking(move || {
-        let columns: Vec<String> = entry.columns.iter().map(|c| c.name.clone()).collect();
-        let kinds = entry
-            .columns
-            .iter()
-            .map(|c| {
-                c.kind().ok_or_else(|| {
-                    anyhow!(
-                        "metadata.json: {}.{} has an unknown kind",
-                        entry.name,
-                        c.name
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
-        let mut raw = Vec::new();
         let mut batch = Vec::with_capacity(1 << 20);
         let mut rows = 0usize;
-        let read = crate::json_rows::read_rows_checked(&path, &columns, &kinds, |i, values| {
-            raw.clear();
-            for (n, value) in values.iter().enumerate() {
-                if n > 0 {
-                    raw.push(b'\t');
-                }
-                crate::copy_text::write_export_field(&mut raw, &kinds[n], not_null[n], value)
-                    .map_err(|e| anyhow!("row {} column {}: {e}", i + 1, columns[n]))?;
-            }
-            if user_ids.rewrite_line(&raw, &mut batch) == Rewritten::Kept {
+        read_export_lines(&path, &entry, |_, raw| {
+            if user_ids.rewrite_line(raw, &mut batch) == Rewritten::Kept {
                 rows += 1;
             }
             if rows == LINE_BATCH_ROWS {
@@ -638,7 +654,6 @@ pub fn file_lines(
             }
             Ok(())
         })?;
-        entry.check_read(&path, &read)?;
         if rows > 0 {
             let _ = sender.blocking_send(batch);
         }

@@ -200,8 +200,6 @@ enum SourceSide {
         /// What the export recorded for the file; checked when it has been read.
         entry: Box<FileEntry>,
         rows: u64,
-        columns: Vec<String>,
-        kinds: Vec<ColumnKind>,
         create: String,
         stage: String,
         select: String,
@@ -1071,27 +1069,19 @@ async fn staged(
 fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
     let stage = format!("fmig_verify_{}", plan.name);
     let defs = pipeline::staging_columns(&pipeline::entry_columns(entry), &plan.map);
-    let kinds = entry
-        .columns
-        .iter()
-        .map(|c| {
-            c.kind().ok_or_else(|| {
-                anyhow!(
-                    "metadata.json: {}.{} has an unknown kind {:?}",
-                    plan.name,
-                    c.name,
-                    c.json
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    if let Some(c) = entry.columns.iter().find(|c| c.kind().is_none()) {
+        bail!(
+            "metadata.json: {}.{} has an unknown kind {:?}",
+            plan.name,
+            c.name,
+            c.json
+        );
+    }
     let select = staged_select(&plan.map, &plan.casts, &stage);
     Ok(SourceSide::File {
         path: dir.join(&entry.file),
         entry: Box::new(entry.clone()),
         rows: entry.rows,
-        columns: entry.columns.iter().map(|c| c.name.clone()).collect(),
-        kinds,
         create: format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({})",
             quote_ident(&stage),
@@ -1113,8 +1103,6 @@ async fn from_file(
     let SourceSide::File {
         path,
         entry,
-        columns,
-        kinds,
         create,
         stage: stage_name,
         select,
@@ -1129,8 +1117,7 @@ async fn from_file(
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let reader = {
-        let (path, entry, columns, kinds) =
-            (path.clone(), entry.clone(), columns.clone(), kinds.clone());
+        let (path, entry) = (path.clone(), entry.clone());
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
             columns: plan.user_ids_in(&entry),
@@ -1138,41 +1125,23 @@ async fn from_file(
         };
         let lookups = plan.lookups.clone();
         tokio::task::spawn_blocking(move || {
-            // Whether each source column is NOT NULL (see `copy_text::write_export_field`).
-            let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
             let mut batch = Vec::with_capacity(1 << 20);
             let mut rows = 0usize;
-            let mut raw = Vec::new();
-            let read =
-                crate::json_rows::read_rows_checked(&path, &columns, &kinds, |i, values| {
-                    raw.clear();
-                    for (n, value) in values.iter().enumerate() {
-                        if n > 0 {
-                            raw.push(b'\t');
-                        }
-                        crate::copy_text::write_export_field(
-                            &mut raw,
-                            &kinds[n],
-                            not_null[n],
-                            value,
-                        )
-                        .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
-                    }
-                    if !shape_line(&raw, &rewrite, &lookups, &mut batch) {
-                        return Ok(());
-                    }
-                    rows += 1;
-                    if rows == STAGE_BATCH_ROWS {
-                        rows = 0;
-                        if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
-                            bail!("verify stopped");
-                        }
-                    }
-                    Ok(())
-                })?;
             // A file changed after the export is not the export: its differences would be
             // blamed on the target. Checked before the last batch is compared.
-            entry.check_read(&path, &read)?;
+            pipeline::read_export_lines(&path, &entry, |_, raw| {
+                if !shape_line(raw, &rewrite, &lookups, &mut batch) {
+                    return Ok(());
+                }
+                rows += 1;
+                if rows == STAGE_BATCH_ROWS {
+                    rows = 0;
+                    if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        bail!("verify stopped");
+                    }
+                }
+                Ok(())
+            })?;
             if rows > 0 {
                 let _ = sender.blocking_send(batch);
             }

@@ -16,7 +16,6 @@ use super::TablePlan;
 use crate::catalog::Discovered;
 use crate::cli::Unmapped;
 use crate::column_map::{ColumnMap, Lookup, TableMap};
-use crate::copy_text;
 use crate::files;
 use crate::json_rows;
 use crate::manifest;
@@ -500,40 +499,14 @@ fn scan_file(
     user_ids: &UserIds,
     mut on_row: impl FnMut(u64, std::result::Result<&[u8], usize>, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    let columns: Vec<String> = entry.columns.iter().map(|c| c.name.clone()).collect();
-    let kinds = entry
-        .columns
-        .iter()
-        .map(|c| {
-            c.kind().ok_or_else(|| {
-                anyhow!(
-                    "metadata.json: {}.{} has an unknown kind",
-                    entry.name,
-                    c.name
-                )
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let not_null: Vec<bool> = entry.columns.iter().map(|c| c.not_null).collect();
-    let mut raw = Vec::new();
     let mut line = Vec::new();
-    json_rows::read_rows_checked(path, &columns, &kinds, |i, values| {
-        raw.clear();
-        for (n, value) in values.iter().enumerate() {
-            if n > 0 {
-                raw.push(b'\t');
-            }
-            copy_text::write_export_field(&mut raw, &kinds[n], not_null[n], value)
-                .with_context(|| format!("row {} column {}", i + 1, columns[n]))?;
-        }
+    pipeline::read_export_lines(path, entry, |i, raw| {
         line.clear();
-        match user_ids.rewrite_line(&raw, &mut line) {
-            pipeline::Rewritten::Kept => on_row(i, Ok(&line), &raw),
-            pipeline::Rewritten::LeftBehind { column } => on_row(i, Err(column), &raw),
+        match user_ids.rewrite_line(raw, &mut line) {
+            pipeline::Rewritten::Kept => on_row(i, Ok(&line), raw),
+            pipeline::Rewritten::LeftBehind { column } => on_row(i, Err(column), raw),
         }
     })
-    .with_context(|| format!("reading {}", path.display()))?;
-    Ok(())
 }
 
 /// One lookup's values: the looked-up table's rows that move, keyed by the match columns.
