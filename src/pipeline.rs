@@ -541,13 +541,24 @@ pub async fn rejected_statements(
     Ok(problems)
 }
 
-/// Batches of COPY text lines of a source table's rows (source column order, user ids
-/// rewritten, `skip_row` rows left out), read from the source database by `copy` (a
-/// `COPY (SELECT ...) TO STDOUT` in text format).
+/// What a stream of source lines does with each line: appends the line to shape into the
+/// batch (with its newline) and says whether it is kept.
+pub trait Shape: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static {}
+impl<F: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static> Shape for F {}
+
+/// The shape of the plain streams: user ids rewritten, `skip_row` rows left out.
+pub fn rewritten(user_ids: UserIds) -> impl Shape {
+    move |line, out| user_ids.rewrite_line(line, out) == Rewritten::Kept
+}
+
+/// Batches of `batch_rows` shaped COPY text lines of a source table's rows (source column
+/// order), read from the source database by `copy` (a `COPY (SELECT ...) TO STDOUT` in text
+/// format) on a task of its own, so the consumer works while the next batch is read.
 pub fn db_lines(
     source: Client,
     copy: String,
-    user_ids: UserIds,
+    mut shape: impl Shape,
+    batch_rows: usize,
 ) -> (
     tokio::sync::mpsc::Receiver<Vec<u8>>,
     tokio::task::JoinHandle<Result<()>>,
@@ -566,13 +577,11 @@ pub fn db_lines(
             pending.extend_from_slice(&chunk);
             let mut start = 0;
             while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                if user_ids.rewrite_line(&pending[start..start + end], &mut batch)
-                    == Rewritten::Kept
-                {
+                if shape(&pending[start..start + end], &mut batch) {
                     rows += 1;
                 }
                 start += end + 1;
-                if rows == LINE_BATCH_ROWS {
+                if rows == batch_rows {
                     rows = 0;
                     if sender.send(std::mem::take(&mut batch)).await.is_err() {
                         bail!("stopped");
@@ -629,11 +638,13 @@ pub fn read_export_lines(
     entry.check_read(path, &read)
 }
 
-/// [`db_lines`] for an export file (read on a blocking thread; checked against its entry).
+/// [`db_lines`] for an export file (read on a blocking thread; checked against its entry
+/// before the last batch is sent, so a file edited after the export is never taken as data).
 pub fn file_lines(
     path: std::path::PathBuf,
     entry: crate::metadata::FileEntry,
-    user_ids: UserIds,
+    mut shape: impl Shape,
+    batch_rows: usize,
 ) -> (
     tokio::sync::mpsc::Receiver<Vec<u8>>,
     tokio::task::JoinHandle<Result<()>>,
@@ -643,10 +654,10 @@ pub fn file_lines(
         let mut batch = Vec::with_capacity(1 << 20);
         let mut rows = 0usize;
         read_export_lines(&path, &entry, |_, raw| {
-            if user_ids.rewrite_line(raw, &mut batch) == Rewritten::Kept {
+            if shape(raw, &mut batch) {
                 rows += 1;
             }
-            if rows == LINE_BATCH_ROWS {
+            if rows == batch_rows {
                 rows = 0;
                 if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
                     bail!("stopped");
@@ -662,8 +673,8 @@ pub fn file_lines(
     (receiver, task)
 }
 
-/// Rows per batch of [`db_lines`] and [`file_lines`].
-const LINE_BATCH_ROWS: usize = 20_000;
+/// Rows per batch of [`db_lines`] and [`file_lines`] when reading a looked-up table.
+pub const LINE_BATCH_ROWS: usize = 20_000;
 
 /// One lookup's values from a stream of the looked-up table's lines ([`db_lines`] or
 /// [`file_lines`], its `skip_row` rows already left out). With the looked-up table's filter,

@@ -480,7 +480,12 @@ async fn lookup_values(
             let entry = m
                 .table(&lookup.table)
                 .ok_or_else(|| anyhow!("{} is not in the export", lookup.table))?;
-            pipeline::file_lines(args.export_dir.join(&entry.file), entry.clone(), user_ids)
+            pipeline::file_lines(
+                args.export_dir.join(&entry.file),
+                entry.clone(),
+                pipeline::rewritten(user_ids),
+                pipeline::LINE_BATCH_ROWS,
+            )
         }
         None => {
             let url = shared
@@ -489,7 +494,12 @@ async fn lookup_values(
                 .ok_or_else(|| anyhow!("no source database"))?;
             let client = connect::connect(url, &shared.options).await?;
             let copy = source_text_copy(info, &QualifiedName::new(APP_SCHEMA, &lookup.table));
-            pipeline::db_lines(client, copy, user_ids)
+            pipeline::db_lines(
+                client,
+                copy,
+                pipeline::rewritten(user_ids),
+                pipeline::LINE_BATCH_ROWS,
+            )
         }
     };
     let values = pipeline::lookup_values(lines, task, lookup, &columns, filter).await?;
@@ -1006,48 +1016,19 @@ async fn staged(
     stage.batch_execute(create).await?;
     let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    let reader = {
-        let copy = copy.clone();
+    let (mut receiver, reader) = {
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
             columns: plan.user_ids.clone(),
             untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
-        tokio::spawn(async move {
-            let stream = source
-                .copy_out(copy.as_str())
-                .await
-                .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
-            pin_mut!(stream);
-            let mut pending: Vec<u8> = Vec::new();
-            let mut batch: Vec<u8> = Vec::with_capacity(1 << 20);
-            let mut rows = 0usize;
-            while let Some(chunk) = stream.try_next().await? {
-                pending.extend_from_slice(&chunk);
-                let mut start = 0;
-                while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                    let line = &pending[start..start + end];
-                    start += end + 1;
-                    if !shape_line(line, &rewrite, &lookups, &mut batch) {
-                        continue;
-                    }
-                    rows += 1;
-                    if rows == STAGE_BATCH_ROWS {
-                        rows = 0;
-                        if sender.send(std::mem::take(&mut batch)).await.is_err() {
-                            bail!("verify stopped");
-                        }
-                    }
-                }
-                pending.drain(..start);
-            }
-            if rows > 0 {
-                let _ = sender.send(batch).await;
-            }
-            Ok::<(), anyhow::Error>(())
-        })
+        pipeline::db_lines(
+            source,
+            copy.clone(),
+            move |line: &[u8], out: &mut Vec<u8>| shape_line(line, &rewrite, &lookups, out),
+            STAGE_BATCH_ROWS,
+        )
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
@@ -1115,38 +1096,19 @@ async fn from_file(
     // The staging table has the file's columns in the file's order, then the lookups'.
     let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
-    let reader = {
-        let (path, entry) = (path.clone(), entry.clone());
+    let (mut receiver, reader) = {
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
-            columns: plan.user_ids_in(&entry),
+            columns: plan.user_ids_in(entry),
             untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut batch = Vec::with_capacity(1 << 20);
-            let mut rows = 0usize;
-            // A file changed after the export is not the export: its differences would be
-            // blamed on the target. Checked before the last batch is compared.
-            pipeline::read_export_lines(&path, &entry, |_, raw| {
-                if !shape_line(raw, &rewrite, &lookups, &mut batch) {
-                    return Ok(());
-                }
-                rows += 1;
-                if rows == STAGE_BATCH_ROWS {
-                    rows = 0;
-                    if sender.blocking_send(std::mem::take(&mut batch)).is_err() {
-                        bail!("verify stopped");
-                    }
-                }
-                Ok(())
-            })?;
-            if rows > 0 {
-                let _ = sender.blocking_send(batch);
-            }
-            Ok::<(), anyhow::Error>(())
-        })
+        pipeline::file_lines(
+            path.clone(),
+            (**entry).clone(),
+            move |line: &[u8], out: &mut Vec<u8>| shape_line(line, &rewrite, &lookups, out),
+            STAGE_BATCH_ROWS,
+        )
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
