@@ -397,6 +397,22 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
             "{ttn:#}"
         );
         assert!(run.stdout.contains("webhook_secret"), "{}", run.stdout);
+        // The rows left behind are counted from the source, per table.
+        for (table, sql) in &expected_left {
+            let expected = r.lines(SOURCE, sql).len() as u64;
+            let entry = report["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["table"] == *table)
+                .unwrap();
+            assert_eq!(entry["left_behind"], expected, "{against:?} {entry:#}");
+            assert!(
+                run.stdout.contains(&format!("{table}: {expected} row(s)")),
+                "{}",
+                run.stdout
+            );
+        }
     }
 
     // Each defect is caught, naming table, key and column.

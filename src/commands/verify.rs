@@ -117,6 +117,9 @@ pub struct TableReport {
     /// `--unmapped keep`: old ids of users without a Stack Auth account, kept on purpose (the
     /// content checksum has already proved each is the source's own value).
     pub kept_old_ids: Vec<String>,
+    /// Source rows the mapping leaves behind (`where`, `skip_row`): expected absent, and
+    /// not counted in `source_rows`.
+    pub left_behind: u64,
     pub error: Option<String>,
 }
 
@@ -550,6 +553,7 @@ fn empty_report(table: &str, target_table: &str) -> TableReport {
         differences_truncated: false,
         referential: Vec::new(),
         kept_old_ids: Vec::new(),
+        left_behind: 0,
         error: None,
     }
 }
@@ -765,6 +769,7 @@ async fn verify_into(plan: &TablePlan, shared: &Shared, report: &mut TableReport
         return Ok(());
     }
     let (source, target) = both_sides(plan, shared, None).await?;
+    report.left_behind = source.left_behind;
     report.source_rows = Some(source.checksum.rows);
     report.target_rows = Some(target.checksum.rows);
     report.rows_ok = source.checksum.rows == target.checksum.rows;
@@ -818,6 +823,8 @@ struct Tally {
     user_ids: Vec<usize>,
     user_map: Option<Arc<IdMap>>,
     values: Vec<Vec<u8>>,
+    /// Source rows staged but not selected (the table's `where`) or not staged (`skip_row`).
+    left_behind: u64,
 }
 
 impl Tally {
@@ -840,6 +847,7 @@ impl Tally {
             user_ids: Vec::new(),
             user_map: None,
             values: vec![Vec::new(); plan.names.len()],
+            left_behind: 0,
         }
     }
 
@@ -1016,6 +1024,7 @@ async fn staged(
     stage.batch_execute(create).await?;
     let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
+    let skipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (mut receiver, reader) = {
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
@@ -1023,10 +1032,17 @@ async fn staged(
             untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
+        let skipped = skipped.clone();
         pipeline::db_lines(
             source,
             copy.clone(),
-            move |line: &[u8], out: &mut Vec<u8>| shape_line(line, &rewrite, &lookups, out),
+            move |line: &[u8], out: &mut Vec<u8>| {
+                let kept = shape_line(line, &rewrite, &lookups, out);
+                if !kept {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                kept
+            },
             STAGE_BATCH_ROWS,
         )
     };
@@ -1043,6 +1059,7 @@ async fn staged(
     if let Some(e) = failure {
         return Err(e);
     }
+    tally.left_behind += skipped.load(Ordering::Relaxed);
     read
 }
 
@@ -1096,6 +1113,7 @@ async fn from_file(
     // The staging table has the file's columns in the file's order, then the lookups'.
     let stage_copy = format!("COPY {} FROM STDIN", quote_ident(stage_name));
     let truncate = format!("TRUNCATE {}", quote_ident(stage_name));
+    let skipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (mut receiver, reader) = {
         let rewrite = pipeline::UserIds {
             ids: user_map.ids.clone(),
@@ -1103,10 +1121,17 @@ async fn from_file(
             untouched: Vec::new(),
         };
         let lookups = plan.lookups.clone();
+        let skipped = skipped.clone();
         pipeline::file_lines(
             path.clone(),
             (**entry).clone(),
-            move |line: &[u8], out: &mut Vec<u8>| shape_line(line, &rewrite, &lookups, out),
+            move |line: &[u8], out: &mut Vec<u8>| {
+                let kept = shape_line(line, &rewrite, &lookups, out);
+                if !kept {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                kept
+            },
             STAGE_BATCH_ROWS,
         )
     };
@@ -1123,6 +1148,7 @@ async fn from_file(
     if let Some(e) = failure {
         return Err(e);
     }
+    tally.left_behind += skipped.load(Ordering::Relaxed);
     read
 }
 
@@ -1187,6 +1213,9 @@ async fn flush_stage(
     batch: &mut Vec<u8>,
     tally: &mut Tally,
 ) -> Result<()> {
+    // COPY text escapes newlines inside values: every newline ends a row.
+    let staged = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+    let before = tally.checksum.rows;
     let sink = stage.copy_in(stage_copy).await?;
     pin_mut!(sink);
     sink.send(Bytes::from(std::mem::take(batch))).await?;
@@ -1194,6 +1223,7 @@ async fn flush_stage(
         .await
         .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
     copy_binary(stage, select, tally).await?;
+    tally.left_behind += staged.saturating_sub(tally.checksum.rows - before);
     stage.batch_execute(truncate).await?;
     Ok(())
 }
@@ -1554,6 +1584,21 @@ fn render(report: &VerifyReport) -> String {
                 .map(move |c| format!("{}.{c}", r.target_table))
         })
         .collect();
+    let left: Vec<String> = report
+        .tables
+        .iter()
+        .filter(|r| r.left_behind > 0)
+        .map(|r| format!("{}: {} row(s)", r.table, thousands(r.left_behind as i64)))
+        .collect();
+    if !left.is_empty() {
+        out.push_str(
+            "\nLeft behind on purpose (the mapping's where and skip_row): expected absent from \
+             the target\n",
+        );
+        for line in left {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     if !not_compared.is_empty() {
         out.push_str("\nNot compared:\n");
         for line in not_compared {
