@@ -363,7 +363,8 @@ pub struct ImportArgs {
     #[arg(long)]
     pub disable_fk: bool,
 
-    /// What to do with user ids that have no mapping.
+    /// What to do with user ids that have no mapping (the column mapping's `unmapped` overrides
+    /// it per table or user-id column).
     #[arg(long, value_enum, default_value_t = Unmapped::Fail)]
     pub unmapped: Unmapped,
 
