@@ -997,6 +997,16 @@ pub fn server_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// The keys of `entry` outside `allowed`, comma-separated; None when there are none.
+fn unknown_keys(entry: &toml::Table, allowed: &[&str]) -> Option<String> {
+    let unknown: Vec<&str> = entry
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    (!unknown.is_empty()).then(|| unknown.join(", "))
+}
+
 const POLICIES: &str = "\"fail\", \"null\", \"keep\" or \"skip_row\"";
 
 /// One `set` entry: a string is an SQL expression; `{ sql = "...", compare = false }` one that
@@ -1036,18 +1046,9 @@ fn set_entry(
     };
     let string = |key: &str| entry.get(key).and_then(|v| v.as_str()).map(str::to_string);
     if entry.contains_key("lookup") {
-        let unknown: Vec<&String> = entry
-            .keys()
-            .filter(|k| !["lookup", "match", "take", "missing"].contains(&k.as_str()))
-            .collect();
-        if !unknown.is_empty() {
+        if let Some(unknown) = unknown_keys(entry, &["lookup", "match", "take", "missing"]) {
             complain(format!(
-                "unknown key(s) {} in a lookup; a lookup has lookup, match, take and missing",
-                unknown
-                    .iter()
-                    .map(|k| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "unknown key(s) {unknown} in a lookup; a lookup has lookup, match, take and missing"
             ));
             return None;
         }
@@ -1097,18 +1098,9 @@ fn set_entry(
         ));
         return None;
     }
-    let unknown: Vec<&String> = entry
-        .keys()
-        .filter(|k| !["sql", "compare"].contains(&k.as_str()))
-        .collect();
-    if !unknown.is_empty() {
+    if let Some(unknown) = unknown_keys(entry, &["sql", "compare"]) {
         complain(format!(
-            "unknown key(s) {}; an expression entry has sql and compare (a lookup starts with lookup = ...)",
-            unknown
-                .iter()
-                .map(|k| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "unknown key(s) {unknown}; an expression entry has sql and compare (a lookup starts with lookup = ...)"
         ));
         return None;
     }

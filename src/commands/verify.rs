@@ -1031,20 +1031,8 @@ async fn staged(
             columns: plan.user_ids.clone(),
             untouched: Vec::new(),
         };
-        let lookups = plan.lookups.clone();
-        let skipped = skipped.clone();
-        pipeline::db_lines(
-            source,
-            copy.clone(),
-            move |line: &[u8], out: &mut Vec<u8>| {
-                let kept = shape_line(line, &rewrite, &lookups, out);
-                if !kept {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                kept
-            },
-            STAGE_BATCH_ROWS,
-        )
+        let shape = counted_shape(rewrite, plan.lookups.clone(), skipped.clone());
+        pipeline::db_lines(source, copy.clone(), shape, STAGE_BATCH_ROWS)
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
@@ -1120,20 +1108,8 @@ async fn from_file(
             columns: plan.user_ids_in(entry),
             untouched: Vec::new(),
         };
-        let lookups = plan.lookups.clone();
-        let skipped = skipped.clone();
-        pipeline::file_lines(
-            path.clone(),
-            (**entry).clone(),
-            move |line: &[u8], out: &mut Vec<u8>| {
-                let kept = shape_line(line, &rewrite, &lookups, out);
-                if !kept {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                kept
-            },
-            STAGE_BATCH_ROWS,
-        )
+        let shape = counted_shape(rewrite, plan.lookups.clone(), skipped.clone());
+        pipeline::file_lines(path.clone(), (**entry).clone(), shape, STAGE_BATCH_ROWS)
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
@@ -1168,6 +1144,21 @@ impl IdMap {
             None if self.keep => Some(old.to_string()),
             None => None,
         }
+    }
+}
+
+/// [`shape_line`] as a stream's line shaper, counting the rows left behind (`skip_row`).
+fn counted_shape(
+    rewrite: pipeline::UserIds,
+    lookups: pipeline::Lookups,
+    skipped: Arc<std::sync::atomic::AtomicU64>,
+) -> impl pipeline::Shape {
+    move |line: &[u8], out: &mut Vec<u8>| {
+        let kept = shape_line(line, &rewrite, &lookups, out);
+        if !kept {
+            skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        kept
     }
 }
 
