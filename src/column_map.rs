@@ -105,6 +105,11 @@ pub struct TableConfig {
     pub not_compared: BTreeSet<String>,
     /// (target column, lookup) from `set` entries `{ lookup = ..., match = ..., take = ... }`.
     pub lookups: Vec<(Located<String>, LookupConfig)>,
+    /// `[[tables.<name>.also]]` entries: the same source rows feeding further target tables,
+    /// each its own unit (named [`unit_name`]) with its own `target`, `rename`, `set`, `where`.
+    pub also: Vec<TableConfig>,
+    /// For an also entry: the source table whose section it belongs to.
+    pub also_of: Option<String>,
 }
 
 /// A `set` entry that takes a value from another source table, as written.
@@ -221,6 +226,11 @@ pub struct UnwrittenColumn {
 /// One table, resolved against both catalogs: what `import` writes and `verify` compares.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TableMap {
+    /// The unit's name: the source table's, or [`unit_name`] for an also entry. Checkpoints,
+    /// `left-behind/` files and reports are per unit.
+    pub unit: String,
+    /// Whether this unit is an also entry (a second target table fed by the same rows).
+    pub also: bool,
     pub source_table: String,
     pub target_table: String,
     /// `skip = true`: nothing of this table is migrated; the lists below are empty.
@@ -231,7 +241,8 @@ pub struct TableMap {
     pub unwritten: Vec<UnwrittenColumn>,
     /// Source columns left behind on purpose (`drop`).
     pub dropped: Vec<String>,
-    /// Source columns not copied anywhere but named in a `set` expression.
+    /// Source columns not copied into this table but named in a `set` expression, a lookup's
+    /// `match`, or carried by an also entry of the same table.
     pub used_by_expressions: Vec<String>,
     /// Source columns with nowhere to go, not dropped and not used by an expression: their data
     /// would be lost silently, so `plan` blocks on them (when they hold data) and `import`
@@ -341,6 +352,9 @@ struct RawTable {
     filter: Option<Spanned<String>>,
     #[serde(default)]
     unmapped: Option<Spanned<toml::Value>>,
+    /// `[[tables.<name>.also]]`: further target tables fed by the same source rows.
+    #[serde(default)]
+    also: Vec<Spanned<RawTable>>,
 }
 
 #[derive(Deserialize)]
@@ -460,118 +474,55 @@ impl ColumnMap {
             let name = locate(text, &name);
             let (line, column) = line_col(text, table.span().start);
             let table = table.into_inner();
-            let mut config = TableConfig {
-                name: Located {
-                    value: name.value.clone(),
-                    line,
-                    column,
-                },
-                skip: table.skip.unwrap_or(false),
-                target: table.target.as_ref().map(|t| locate(text, t)),
-                ..TableConfig::default()
+            let located = Located {
+                value: name.value.clone(),
+                line,
+                column,
             };
-            for (from, to) in &table.rename {
-                let (from, to) = (locate(text, from), locate(text, to));
-                if from.value == to.value {
-                    problems.push(problem(
-                        &from,
-                        format!(
-                            "[tables.{}] rename: {} is renamed to itself",
-                            name.value, from.value
+            let mut config = parse_table(text, &name.value, located, &table, &mut problems);
+            for (index, also) in table.also.iter().enumerate() {
+                let (line, column) = line_col(text, also.span().start);
+                let label = format!("{}.also", name.value);
+                let raw = also.get_ref();
+                let Some(target) = raw.target.as_ref().map(|t| locate(text, t)) else {
+                    problems.push(Problem {
+                        line,
+                        column,
+                        message: format!(
+                            "[[tables.{label}]] entry {}: target is missing; an also entry \
+                             names the other target table this source table feeds, e.g. \
+                             target = \"devices\"",
+                            index + 1
                         ),
-                    ));
-                }
-                config.rename.push((from, to));
-            }
-            let mut seen = BTreeSet::new();
-            for column in &table.drop {
-                let column = locate(text, column);
-                if !seen.insert(column.value.clone()) {
-                    problems.push(problem(
-                        &column,
-                        format!(
-                            "[tables.{}] drop: {} is listed twice",
-                            name.value, column.value
-                        ),
-                    ));
-                }
-                config.drop.push(column);
-            }
-            for (column, entry) in &table.set {
-                let column = locate(text, column);
-                let at = locate(text, entry);
-                let Some(expression) =
-                    set_entry(&name.value, &column, &at, &mut config, &mut problems)
-                else {
+                    });
                     continue;
                 };
-                if expression.value.trim().is_empty() {
-                    problems.push(problem(
-                        &expression,
-                        format!(
-                            "[tables.{}.set] {}: the expression is empty (use \"NULL\" for NULL)",
-                            name.value, column.value
-                        ),
-                    ));
-                }
-                if let Some(why) = expression_problem(&expression.value) {
-                    problems.push(problem(
-                        &expression,
-                        format!(
-                            "[tables.{}.set] {}: {why}. A set expression must be one SQL \
-                             expression: fmig evaluates it as CAST((expression) AS <column type>), \
-                             and nothing may reach outside those parentheses (comments belong in \
-                             the TOML, after #)",
-                            name.value, column.value
-                        ),
-                    ));
-                }
-                config.set.push((column, expression));
-            }
-            if let Some(filter) = &table.filter {
-                let filter = locate(text, filter);
-                if filter.value.trim().is_empty() {
-                    problems.push(problem(
-                        &filter,
-                        format!(
-                            "[tables.{}] where: the condition is empty (remove the key to keep every row)",
-                            name.value
-                        ),
-                    ));
-                } else if let Some(why) = expression_problem(&filter.value) {
-                    problems.push(problem(
-                        &filter,
-                        format!(
-                            "[tables.{}] where: {why}. A row filter must be one SQL condition \
-                             over the source row (comments belong in the TOML, after #)",
-                            name.value
-                        ),
-                    ));
-                }
-                config.filter = Some(filter);
-            }
-            if let Some(unmapped) = &table.unmapped {
-                let at = locate(text, unmapped);
-                unmapped_entry(&name.value, &at, &mut config, &mut problems);
-            }
-            if let Some(ids) = &table.user_id_columns {
-                config.user_ids_add = ids.add.iter().map(|c| locate(text, c)).collect();
-                config.user_ids_remove = ids.remove.iter().map(|c| locate(text, c)).collect();
-                for column in &config.user_ids_add {
-                    if config
-                        .user_ids_remove
-                        .iter()
-                        .any(|r| r.value == column.value)
-                    {
-                        problems.push(problem(
+                for (given, key) in [
+                    (raw.skip.is_some(), "skip"),
+                    (raw.user_id_columns.is_some(), "user_id_columns"),
+                    (!raw.also.is_empty(), "also"),
+                ] {
+                    if given {
+                        problems.push(Problem {
+                            line,
                             column,
-                            format!(
-                                "[tables.{}] user_id_columns: {} is both added and removed",
-                                name.value, column.value
+                            message: format!(
+                                "[[tables.{label}]] {key}: not allowed in an also entry (it \
+                                 belongs in [tables.{}], which the entry shares)",
+                                name.value
                             ),
-                        ));
+                        });
                     }
                 }
+                let located = Located {
+                    value: unit_name(&name.value, &target.value),
+                    line,
+                    column,
+                };
+                let mut unit = parse_table(text, &label, located, raw, &mut problems);
+                unit.target = Some(target);
+                unit.also_of = Some(name.value.clone());
+                config.also.push(unit);
             }
             tables.insert(name.value, config);
         }
@@ -685,9 +636,50 @@ impl ColumnMap {
             let tgt = target.tables.get(target_name);
             validate_table(name, config, src, tgt, &mut problems);
             validate_lookups(name, config, source, tgt, &mut problems);
+            let label = format!("{name}.also");
+            let mut also_targets = BTreeSet::from([target_name]);
+            for unit in &config.also {
+                let Some(t) = &unit.target else { continue };
+                if config.skip {
+                    problems.push(problem(
+                        t,
+                        format!(
+                            "[[tables.{label}]] target = {:?}: {name} is skipped, so nothing \
+                             feeds this table; remove the entry or the skip",
+                            t.value
+                        ),
+                    ));
+                }
+                if !also_targets.insert(t.value.as_str()) {
+                    problems.push(problem(
+                        t,
+                        format!(
+                            "[[tables.{label}]] target = {:?}: {name} already feeds this table; \
+                             one entry per target table",
+                            t.value
+                        ),
+                    ));
+                }
+                let unit_tgt = target.tables.get(&t.value);
+                if unit_tgt.is_none() {
+                    problems.push(problem(
+                        t,
+                        format!(
+                            "[[tables.{label}]] target: table {} does not exist in the target \
+                             database",
+                            t.value
+                        ),
+                    ));
+                }
+                validate_table(&label, unit, src, unit_tgt, &mut problems);
+                validate_lookups(&label, unit, source, unit_tgt, &mut problems);
+            }
             if let (Some(spec), Some(_)) = (manifest::find(specs, name), src) {
                 let user_ids = self.user_id_columns(spec, source);
-                for (column, _) in &config.unmapped_columns {
+                let policies = std::iter::once(config)
+                    .chain(&config.also)
+                    .flat_map(|c| &c.unmapped_columns);
+                for (column, _) in policies {
                     if !user_ids.contains(&column.value) {
                         problems.push(problem(
                             column,
@@ -730,12 +722,102 @@ impl ColumnMap {
         source: &Discovered,
         target: &Discovered,
     ) -> Result<TableMap> {
+        let empty = TableConfig::default();
+        let config = self.table(spec.name).unwrap_or(&empty);
+        self.resolve_unit(spec, config, None, source, target)
+    }
+
+    /// Every unit of a source table: the table itself, then one per `[[tables.<name>.also]]`
+    /// entry (none when the table is skipped).
+    pub fn resolve_units(
+        &self,
+        spec: &TableSpec,
+        source: &Discovered,
+        target: &Discovered,
+    ) -> Result<Vec<TableMap>> {
+        let mut units = vec![self.resolve(spec, source, target)?];
+        if let Some(config) = self.table(spec.name)
+            && !config.skip
+        {
+            for unit in &config.also {
+                units.push(self.resolve_unit(spec, unit, Some(config), source, target)?);
+            }
+        }
+        // A column the table's own target has no place for is not lost when an also entry
+        // carries it.
+        let (main, also) = units.split_at_mut(1);
+        let main = &mut main[0];
+        let carried: Vec<String> = main
+            .unmapped
+            .iter()
+            .filter(|column| {
+                also.iter().any(|u| {
+                    u.target_of(column).is_some()
+                        || u.lookups.iter().any(|l| l.matches.iter().any(|(_, own)| own == *column))
+                        || u.columns.iter().any(|c| {
+                            matches!(&c.value, ColumnValue::Expression { sql, .. } if mentions(sql, column))
+                        })
+                })
+            })
+            .cloned()
+            .collect();
+        main.unmapped.retain(|c| !carried.contains(c));
+        main.used_by_expressions.extend(carried);
+        Ok(units)
+    }
+
+    /// The names of a source table's units (see [`ColumnMap::resolve_units`]).
+    pub fn unit_names(&self, source_table: &str) -> Vec<String> {
+        let mut names = vec![source_table.to_string()];
+        if let Some(config) = self.table(source_table)
+            && !config.skip
+        {
+            names.extend(config.also.iter().map(|u| u.name.value.clone()));
+        }
+        names
+    }
+
+    /// The target tables of a source table's units, in [`ColumnMap::unit_names`]' order.
+    pub fn unit_targets(&self, source_table: &str) -> Vec<String> {
+        let mut targets = vec![self.target_name(source_table).to_string()];
+        if let Some(config) = self.table(source_table)
+            && !config.skip
+        {
+            targets.extend(
+                config
+                    .also
+                    .iter()
+                    .filter_map(|u| u.target.as_ref().map(|t| t.value.clone())),
+            );
+        }
+        targets
+    }
+
+    /// One unit: `config` is the table's section, or one of its also entries with `main` the
+    /// section it belongs to. An also entry writes only the target columns it finds a value for;
+    /// the source columns it does not use are the section's business, not lost.
+    fn resolve_unit(
+        &self,
+        spec: &TableSpec,
+        config: &TableConfig,
+        main: Option<&TableConfig>,
+        source: &Discovered,
+        target: &Discovered,
+    ) -> Result<TableMap> {
         let source_table = spec.name.to_string();
-        let target_table = self.target_name(spec.name).to_string();
+        let target_table = match (main, &config.target) {
+            (Some(_), Some(t)) => t.value.clone(),
+            _ => self.target_name(spec.name).to_string(),
+        };
         let mut map = TableMap {
+            unit: match main {
+                Some(_) => config.name.value.clone(),
+                None => spec.name.to_string(),
+            },
+            also: main.is_some(),
             source_table,
             target_table,
-            skip: self.is_skipped(spec.name),
+            skip: main.is_none() && self.is_skipped(spec.name),
             columns: Vec::new(),
             unwritten: Vec::new(),
             dropped: Vec::new(),
@@ -760,8 +842,6 @@ impl ColumnMap {
                 map.target_table
             )
         })?;
-        let empty = TableConfig::default();
-        let config = self.table(spec.name).unwrap_or(&empty);
         let renamed_to = |target_column: &str| {
             config
                 .rename
@@ -873,6 +953,8 @@ impl ColumnMap {
             }
             if dropped(&column.name) {
                 map.dropped.push(column.name.clone());
+            } else if map.also {
+                // Carried by the table's own unit (or dropped there).
             } else if lookup_key || expressions.iter().any(|e| mentions(e, &column.name)) {
                 map.used_by_expressions.push(column.name.clone());
             } else {
@@ -887,7 +969,15 @@ impl ColumnMap {
                 .iter()
                 .find(|(c, _)| c.value == *column)
                 .map(|(_, p)| *p)
-                .or(config.unmapped_all.as_ref().map(|p| p.value));
+                .or(config.unmapped_all.as_ref().map(|p| p.value))
+                .or_else(|| {
+                    let main = main?;
+                    main.unmapped_columns
+                        .iter()
+                        .find(|(c, _)| c.value == *column)
+                        .map(|(_, p)| *p)
+                        .or(main.unmapped_all.as_ref().map(|p| p.value))
+                });
             if let Some(policy) = policy {
                 map.user_id_policies.insert(column.clone(), policy);
             }
@@ -915,13 +1005,23 @@ impl ColumnMap {
         tx: &mut Transaction<'_>,
     ) -> Result<()> {
         let mut problems = Vec::new();
-        for (name, config) in &self.tables {
-            if config.set.is_empty() || config.skip || manifest::find(specs, name).is_none() {
+        let sections = self.tables.iter().flat_map(|(name, config)| {
+            let own = (name.clone(), config, self.target_name(name).to_string());
+            let also = config.also.iter().filter_map(move |unit| {
+                let target = unit.target.as_ref()?.value.clone();
+                Some((format!("{name}.also"), unit, target))
+            });
+            std::iter::once(own).chain(also)
+        });
+        for (name, config, target_table) in sections {
+            let source_table = config.also_of.as_deref().unwrap_or(&name);
+            if config.set.is_empty() || config.skip || manifest::find(specs, source_table).is_none()
+            {
                 continue;
             }
             let (Some(src), Some(tgt)) = (
-                source.tables.get(name.as_str()),
-                target.tables.get(self.target_name(name)),
+                source.tables.get(source_table),
+                target.tables.get(&target_table),
             ) else {
                 continue;
             };
@@ -995,6 +1095,128 @@ pub fn server_message(err: &tokio_postgres::Error) -> String {
         }
         None => err.to_string(),
     }
+}
+
+/// The name of the unit that loads source table `source` into the also target `target`: used
+/// for checkpoints, `left-behind/` files and reports.
+pub fn unit_name(source: &str, target: &str) -> String {
+    format!("{source}+{target}")
+}
+
+/// One `[tables.<name>]` section or one of its `[[tables.<name>.also]]` entries; `label` is the
+/// section as written, for messages.
+fn parse_table(
+    text: &str,
+    label: &str,
+    name: Located<String>,
+    table: &RawTable,
+    problems: &mut Vec<Problem>,
+) -> TableConfig {
+    let mut config = TableConfig {
+        name,
+        skip: table.skip.unwrap_or(false),
+        target: table.target.as_ref().map(|t| locate(text, t)),
+        ..TableConfig::default()
+    };
+    for (from, to) in &table.rename {
+        let (from, to) = (locate(text, from), locate(text, to));
+        if from.value == to.value {
+            problems.push(problem(
+                &from,
+                format!(
+                    "[tables.{}] rename: {} is renamed to itself",
+                    label, from.value
+                ),
+            ));
+        }
+        config.rename.push((from, to));
+    }
+    let mut seen = BTreeSet::new();
+    for column in &table.drop {
+        let column = locate(text, column);
+        if !seen.insert(column.value.clone()) {
+            problems.push(problem(
+                &column,
+                format!("[tables.{}] drop: {} is listed twice", label, column.value),
+            ));
+        }
+        config.drop.push(column);
+    }
+    for (column, entry) in &table.set {
+        let column = locate(text, column);
+        let at = locate(text, entry);
+        let Some(expression) = set_entry(label, &column, &at, &mut config, problems) else {
+            continue;
+        };
+        if expression.value.trim().is_empty() {
+            problems.push(problem(
+                &expression,
+                format!(
+                    "[tables.{}.set] {}: the expression is empty (use \"NULL\" for NULL)",
+                    label, column.value
+                ),
+            ));
+        }
+        if let Some(why) = expression_problem(&expression.value) {
+            problems.push(problem(
+                &expression,
+                format!(
+                    "[tables.{}.set] {}: {why}. A set expression must be one SQL \
+                         expression: fmig evaluates it as CAST((expression) AS <column type>), \
+                         and nothing may reach outside those parentheses (comments belong in \
+                         the TOML, after #)",
+                    label, column.value
+                ),
+            ));
+        }
+        config.set.push((column, expression));
+    }
+    if let Some(filter) = &table.filter {
+        let filter = locate(text, filter);
+        if filter.value.trim().is_empty() {
+            problems.push(problem(
+                &filter,
+                format!(
+                    "[tables.{}] where: the condition is empty (remove the key to keep every row)",
+                    label
+                ),
+            ));
+        } else if let Some(why) = expression_problem(&filter.value) {
+            problems.push(problem(
+                &filter,
+                format!(
+                    "[tables.{}] where: {why}. A row filter must be one SQL condition \
+                         over the source row (comments belong in the TOML, after #)",
+                    label
+                ),
+            ));
+        }
+        config.filter = Some(filter);
+    }
+    if let Some(unmapped) = &table.unmapped {
+        let at = locate(text, unmapped);
+        unmapped_entry(label, &at, &mut config, problems);
+    }
+    if let Some(ids) = &table.user_id_columns {
+        config.user_ids_add = ids.add.iter().map(|c| locate(text, c)).collect();
+        config.user_ids_remove = ids.remove.iter().map(|c| locate(text, c)).collect();
+        for column in &config.user_ids_add {
+            if config
+                .user_ids_remove
+                .iter()
+                .any(|r| r.value == column.value)
+            {
+                problems.push(problem(
+                    column,
+                    format!(
+                        "[tables.{}] user_id_columns: {} is both added and removed",
+                        label, column.value
+                    ),
+                ));
+            }
+        }
+    }
+    config
 }
 
 /// The keys of `entry` outside `allowed`, comma-separated; None when there are none.
@@ -1214,9 +1436,10 @@ fn validate_table(
             problems.push(problem(
                 at,
                 format!(
-                    "[tables.{name}] {what}: source column {} does not exist in {name} \
+                    "[tables.{name}] {what}: source column {} does not exist in {} \
                      (its columns: {})",
                     at.value,
+                    src.name,
                     columns_list(src)
                 ),
             ));

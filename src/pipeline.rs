@@ -497,20 +497,36 @@ pub async fn rejected_statements(
         {
             continue;
         }
-        let map = column_map.resolve(spec, source, target)?;
-        let info = &source.tables[spec.name];
+        for map in column_map.resolve_units(spec, source, target)? {
+            if target.tables.contains_key(&map.target_table) {
+                problems.extend(rejected_by_target(&map, source, tx).await?);
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// [`rejected_statements`] for one unit.
+async fn rejected_by_target(
+    map: &TableMap,
+    source: &crate::catalog::Discovered,
+    tx: &mut tokio_postgres::Transaction<'_>,
+) -> Result<Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    {
+        let info = &source.tables[&map.source_table];
         let typed: Vec<(&str, u32, &str)> = info
             .columns
             .iter()
             .map(|c| (c.name.as_str(), c.type_oid, c.type_name.as_str()))
             .collect();
-        let row = probe_row(&typed, &map);
+        let row = probe_row(&typed, map);
         let target_name = QualifiedName::new(crate::manifest::APP_SCHEMA, &map.target_table);
         let mut statements = Vec::new();
-        if !copies_directly(&map) {
+        if !copies_directly(map) {
             statements.push((
                 "the INSERT from the staging table",
-                insert_sql(&target_name, &map, &row),
+                insert_sql(&target_name, map, &row),
             ));
         }
         if let Some(filter) = &map.filter {
@@ -532,7 +548,7 @@ pub async fn rejected_statements(
         for (what, sql) in statements {
             if let Err(err) = crate::column_map::prepare_checked(tx, &sql).await? {
                 problems.push((
-                    spec.name.to_string(),
+                    map.unit.clone(),
                     format!("the target rejects {what}: {}", server_message(&err)),
                 ));
             }

@@ -168,7 +168,9 @@ impl Rewrite {
     /// `expect` in that table's report entry, then applies `undo`.
     fn expect_caught(&self, what: &str, table: &str, inject: &str, undo: &str, expect: &[&str]) {
         self.target(inject);
-        let (run, report) = self.verify(&["--table", table]);
+        // An also entry's unit (`<table>+<target>`) is verified with its table.
+        let selected = table.split('+').next().unwrap();
+        let (run, report) = self.verify(&["--table", selected]);
         self.target(undo);
         assert_eq!(run.code, 1, "{what}: {}\n{}", run.stdout, run.stderr);
         let entry = report["tables"]
@@ -331,6 +333,45 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         );
     }
 
+    // One table into two: each sensor without a device is a devices row too, made from the
+    // sensor as the mapping says; every sensor points at its device; the devices of the source
+    // are all there, and nothing else.
+    let split_sensors = "SELECT id FROM public.lora_sensors WHERE device_id IS NULL";
+    assert!(
+        !r.lines(SOURCE, split_sensors).is_empty(),
+        "no split rows in the fixture"
+    );
+    assert_eq!(
+        r.left_behind("lora_sensors+devices"),
+        r.lines(
+            SOURCE,
+            "SELECT id FROM public.lora_sensors WHERE device_id IS NOT NULL"
+        ),
+        "sensors that make no device row"
+    );
+    assert_eq!(
+        r.lines(TARGET, "SELECT id FROM public.devices"),
+        r.lines(
+            SOURCE,
+            &format!("SELECT id FROM public.devices UNION {split_sensors}")
+        )
+    );
+    let made = "SELECT id || '|' || dev_eui || '|' || device_type || '|' || model || '|' ||                 (metadata ->> 'unit_id') || '|' || (hub_id IS NULL) FROM public.devices";
+    assert_eq!(
+        r.lines(TARGET, &format!("{made} WHERE device_type = 'lora'")),
+        r.lines(
+            SOURCE,
+            "SELECT id || '|' || rpad(dev_eui, 16) || '|lora|LoRa ' || frequency_plan || '|' ||              unit_id || '|true' FROM public.lora_sensors WHERE device_id IS NULL"
+        )
+    );
+    assert_eq!(
+        target_refs(&r, "lora_sensors", "device_id"),
+        r.lines(
+            SOURCE,
+            "SELECT id || '|' || coalesce(device_id, id) FROM public.lora_sensors"
+        )
+    );
+
     // Profile references equal what the source says.
     for (table, user_column, column) in [
         ("manual_temperature_logs", "profile_id", "profile_id"),
@@ -397,6 +438,19 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
             "{ttn:#}"
         );
         assert!(run.stdout.contains("webhook_secret"), "{}", run.stdout);
+        // The split is verified per unit: each compares the devices rows it writes.
+        let split = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "lora_sensors+devices")
+            .unwrap_or_else(|| panic!("no split unit in the report"));
+        assert_eq!(split["target_table"], "devices", "{split:#}");
+        assert_eq!(
+            split["source_rows"],
+            r.lines(SOURCE, split_sensors).len() as u64,
+            "{split:#}"
+        );
         // The rows left behind are counted from the source, per table.
         for (table, sql) in &expected_left {
             let expected = r.lines(SOURCE, sql).len() as u64;
@@ -456,6 +510,32 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         "SET session_replication_role = replica; \
          INSERT INTO public.corrective_actions SELECT * FROM public.saved; DROP TABLE public.saved",
         &[&kept_action],
+    );
+
+    let split_row = r.source(&format!("{split_sensors} ORDER BY id LIMIT 1"));
+    r.expect_caught(
+        "a split row missing from its second table",
+        "lora_sensors+devices",
+        &format!(
+            "CREATE TABLE public.saved AS SELECT * FROM public.devices WHERE id = '{split_row}'; \
+             SET session_replication_role = replica; \
+             DELETE FROM public.devices WHERE id = '{split_row}'"
+        ),
+        "SET session_replication_role = replica; \
+         INSERT INTO public.devices SELECT * FROM public.saved; DROP TABLE public.saved",
+        &[&split_row, "missing"],
+    );
+    // A devices row no unit writes is an extra row of the table's own unit.
+    let extra = "00000000-0000-4000-8000-0000000000ee";
+    r.expect_caught(
+        "a devices row that no source row makes",
+        "devices",
+        &format!(
+            "INSERT INTO public.devices (id, dev_eui, device_type) \
+             VALUES ('{extra}', 'FFFFFFFFFFFFFFFF', 'lora')"
+        ),
+        &format!("DELETE FROM public.devices WHERE id = '{extra}'"),
+        &[extra],
     );
 
     // The failure the real pair showed: the target's profiles empty, every reference to them

@@ -81,6 +81,14 @@ struct TablePlan {
     lookups: pipeline::Lookups,
 }
 
+impl TablePlan {
+    /// The unit's name (the source table's, or `<table>+<target>` for an also entry): what
+    /// checkpoints, `left-behind/` files and messages use.
+    fn name(&self) -> &str {
+        &self.map.unit
+    }
+}
+
 /// A batch of COPY text on its way to the server.
 struct Batch {
     /// Index in the file of the batch's first row.
@@ -156,15 +164,27 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
                 dir.display()
             );
         };
-        let map = column_map.resolve(spec, &source, &target)?;
-        plans.push(plan_table(
-            spec,
-            entry.clone(),
-            map,
-            &target,
-            args.unmapped,
-        )?);
+        for map in column_map.resolve_units(spec, &source, &target)? {
+            plans.push(plan_table(
+                spec,
+                entry.clone(),
+                map,
+                &target,
+                args.unmapped,
+            )?);
+        }
     }
+    // A table fed by an also entry is loaded with its own target table's level, so a split
+    // row's first half exists before the half that references it.
+    let position: BTreeMap<String, usize> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name().to_string(), i))
+        .collect();
+    plans.sort_by_key(|p| {
+        let level = target.levels.get(&p.map.target_table).copied();
+        (level.unwrap_or(p.spec.level), position[p.name()])
+    });
 
     // 2. Every file read once; user ids checked against the mapping.
     let needs_mapping = plans
@@ -201,7 +221,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     let mut start_at: BTreeMap<String, u64> = BTreeMap::new();
     let mut refusals = Vec::new();
     for plan in &plans {
-        let name = &plan.spec.name;
+        let name = &plan.name();
         match checkpoints.get(*name) {
             Some((sha, rows)) if !args.truncate_first && *sha != plan.entry.sha256 => {
                 refusals.push(format!(
@@ -216,13 +236,22 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
                 start_at.insert(name.to_string(), *rows);
             }
             _ => {
-                let has_rows = client
-                    .query_one(
-                        &format!("SELECT EXISTS (SELECT 1 FROM {})", plan.target.quoted()),
-                        &[],
-                    )
-                    .await?
-                    .get::<_, bool>(0);
+                // A table fed by several units (an also entry) holds the rows of the units
+                // already started: those are fmig's own. A unit without a checkpoint has
+                // written nothing, as every batch commits with its checkpoint.
+                let shared_with_started = plans.iter().any(|other| {
+                    other.name() != plan.name()
+                        && other.map.target_table == plan.map.target_table
+                        && checkpoints.contains_key(other.name())
+                });
+                let has_rows = !shared_with_started
+                    && client
+                        .query_one(
+                            &format!("SELECT EXISTS (SELECT 1 FROM {})", plan.target.quoted()),
+                            &[],
+                        )
+                        .await?
+                        .get::<_, bool>(0);
                 if has_rows && !args.truncate_first {
                     refusals.push(format!(
                         "{}: the target table already has rows that fmig did not import",
@@ -285,7 +314,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
 
     let mut results = Vec::new();
     for plan in &plans {
-        let from = start_at.get(plan.spec.name).copied().unwrap_or(0);
+        let from = start_at.get(plan.name()).copied().unwrap_or(0);
         results.push(load_table(&mut client, plan, dir, from, args, user_map.as_ref()).await?);
     }
     if args.disable_fk {
@@ -302,7 +331,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
 
     // A synchronous commit flushes the WAL of every earlier asynchronous one.
     client.batch_execute("SET synchronous_commit = on").await?;
-    let names: Vec<String> = plans.iter().map(|p| p.spec.name.to_string()).collect();
+    let names: Vec<String> = plans.iter().map(|p| p.name().to_string()).collect();
     client
         .execute(
             &format!(
@@ -333,7 +362,7 @@ fn plan_table(
     target: &Discovered,
     default_policy: Unmapped,
 ) -> Result<TablePlan> {
-    let name = spec.name;
+    let name = map.unit.clone();
     if !map.unmapped.is_empty() {
         bail!(
             "{name}: source column(s) {} have nowhere to go in the target and are not dropped; \
@@ -420,7 +449,7 @@ fn plan_table(
     } else {
         // The staging table has the source's shape (the expression contract in column_map),
         // and a column per lookup.
-        let stage = format!("fmig_stage_{}", spec.name);
+        let stage = format!("fmig_stage_{}", map.unit);
         let defs = pipeline::staging_columns(&pipeline::entry_columns(&entry), &map);
         let create = format!(
             "CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS",
@@ -481,7 +510,7 @@ fn check_files(
     let mut unmapped = UnmappedIds::new();
     for plan in plans {
         let path = dir.join(&plan.entry.file);
-        let bar = progress::bar(plan.entry.rows, &format!("checking {}", plan.spec.name));
+        let bar = progress::bar(plan.entry.rows, &format!("checking {}", plan.name()));
         // Only the user-id values are looked at here: the other columns are checked as JSON
         // and skipped, not built (the load reads them again).
         let mut keep = vec![false; plan.columns.len()];
@@ -501,7 +530,7 @@ fn check_files(
                         && !map.contains_key(&id.to_ascii_lowercase())
                     {
                         *unmapped
-                            .entry((plan.spec.name.to_string(), plan.columns[c].clone()))
+                            .entry((plan.name().to_string(), plan.columns[c].clone()))
                             .or_default()
                             .entry(id.clone())
                             .or_default() += 1;
@@ -524,10 +553,7 @@ fn check_files(
 /// log file) and applies `--unmapped`: fail before writing, or go on writing NULL or the old id.
 fn handle_unmapped(unmapped: &UnmappedIds, plans: &[TablePlan], mapping: &Path) -> Result<()> {
     let column_of = |table: &str, column: &str| {
-        let plan = plans
-            .iter()
-            .find(|p| p.spec.name == table)
-            .expect("planned");
+        let plan = plans.iter().find(|p| p.name() == table).expect("planned");
         let i = plan
             .columns
             .iter()
@@ -645,8 +671,9 @@ async fn read_checkpoints(client: &Client) -> Result<BTreeMap<String, (String, u
 }
 
 async fn truncate(client: &Client, plans: &[TablePlan]) -> Result<()> {
-    let tables: Vec<String> = plans.iter().map(|p| p.target.quoted()).collect();
-    let names: Vec<String> = plans.iter().map(|p| p.spec.name.to_string()).collect();
+    let tables: BTreeSet<String> = plans.iter().map(|p| p.target.quoted()).collect();
+    let tables: Vec<String> = tables.into_iter().collect();
+    let names: Vec<String> = plans.iter().map(|p| p.name().to_string()).collect();
     let sql = format!("TRUNCATE {}", tables.join(", "));
     client.batch_execute(&sql).await.map_err(|e| {
         anyhow!(
@@ -673,7 +700,7 @@ async fn load_table(
     user_map: Option<&HashMap<String, String>>,
 ) -> Result<Loaded> {
     let started = Instant::now();
-    let name = plan.spec.name;
+    let name = plan.name();
     let total = plan.entry.rows;
     if from >= total {
         ensure_checkpoint(client, plan).await?;
@@ -888,12 +915,12 @@ async fn prepare_batch_statements(client: &Client, plan: &TablePlan) -> Result<B
     let copy = client
         .prepare(&plan.copy_sql)
         .await
-        .with_context(|| format!("{}: could not prepare the COPY", plan.spec.name))?;
+        .with_context(|| format!("{}: could not prepare the COPY", plan.name()))?;
     let insert = match &plan.staging {
         Some((_, insert)) => Some(client.prepare(insert).await.with_context(|| {
             format!(
                 "{}: could not prepare the INSERT from the staging table",
-                plan.spec.name
+                plan.name()
             )
         })?),
         None => None,
@@ -928,7 +955,7 @@ async fn write_batch(
             if connect::is_connection_lost(&e) {
                 return anyhow::Error::new(e).context(format!(
                     "{}: writing rows {}..{} of {} failed",
-                    plan.spec.name,
+                    plan.name(),
                     batch.first_row + 1,
                     batch.next_row,
                     plan.entry.file
@@ -936,7 +963,7 @@ async fn write_batch(
             }
             anyhow!(
                 "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
-                plan.spec.name,
+                plan.name(),
                 batch.first_row + 1,
                 batch.next_row,
                 plan.entry.file,
@@ -952,7 +979,7 @@ async fn write_batch(
              SET rows_committed = EXCLUDED.rows_committed, file_sha256 = EXCLUDED.file_sha256, \
                  rows_total = EXCLUDED.rows_total, updated_at = now(); \
              COMMIT; BEGIN",
-            quote_literal(plan.spec.name),
+            quote_literal(plan.name()),
             quote_literal(&plan.entry.sha256),
             plan.entry.rows
         ))
@@ -970,14 +997,14 @@ fn row_error(plan: &TablePlan, batch: &Batch, e: tokio_postgres::Error) -> anyho
         // Not the rows' fault: keep the error, so `run` says the connection was lost.
         return anyhow::Error::new(e).context(format!(
             "{}: writing rows {}..{} of {} failed",
-            plan.spec.name,
+            plan.name(),
             first_row + 1,
             last_row,
             plan.entry.file
         ));
     }
     let Some(db) = e.as_db_error() else {
-        return anyhow!("{}: writing a batch failed: {e}", plan.spec.name);
+        return anyhow!("{}: writing a batch failed: {e}", plan.name());
     };
     let context = db.where_().unwrap_or_default();
     let line = context
@@ -1017,7 +1044,7 @@ async fn ensure_checkpoint(client: &Client, plan: &TablePlan) -> Result<()> {
                 "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
                  VALUES ($1, $2, $3, $3) ON CONFLICT (table_name) DO NOTHING"
             ),
-            &[&plan.spec.name, &plan.entry.sha256, &(plan.entry.rows as i64)],
+            &[&plan.name(), &plan.entry.sha256, &(plan.entry.rows as i64)],
         )
         .await?;
     Ok(())
@@ -1128,9 +1155,9 @@ fn render_dry_run(
         ("user-id columns", Align::Left),
     ]);
     for p in plans {
-        let from = start_at.get(p.spec.name).copied().unwrap_or(0);
+        let from = start_at.get(p.name()).copied().unwrap_or(0);
         table.row(vec![
-            p.spec.name.to_string(),
+            p.name().to_string(),
             p.map.target_table.clone(),
             thousands(p.entry.rows as i64),
             thousands(p.left_behind.len() as i64),

@@ -191,6 +191,26 @@ struct TablePlan {
     default_policy: Unmapped,
     /// Lookups appended to each staged source row, computed from the source.
     lookups: pipeline::Lookups,
+    /// The target side's select list (what `target_copy` reads).
+    target_select: Vec<String>,
+    /// For a target table fed by several units: which of its rows this unit compares.
+    keys: Option<KeyFilter>,
+    /// Verified and reported (false: planned only for its keys, see [`KeyFilter`]).
+    selected: bool,
+}
+
+/// How a unit of a target table fed by several units (a table and the also entries of other
+/// tables) picks its rows of the target: by the primary keys the units write, each computed
+/// from the source alone (the unit's own rows, staged and filtered as import does) into a
+/// temporary table on the target reader's connection. An also entry compares the target rows
+/// whose key it writes; the table's own unit compares all the others, so a row no unit writes
+/// is still an extra row, and a split row missing from its second table is a missing row.
+#[derive(Clone)]
+struct KeyFilter {
+    /// The units whose keys are staged: the plan itself (`include`), or every also unit of the
+    /// target table (not `include`).
+    units: Vec<TablePlan>,
+    include: bool,
 }
 
 #[derive(Clone)]
@@ -255,12 +275,28 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
 
     let mut plans = Vec::new();
     let mut reports = Vec::new();
+    // The target tables verified: an also entry that writes into one of them is planned too
+    // (its keys tell the table's rows apart) even when its own table is not selected.
+    let selected_targets: BTreeSet<String> = manifest
+        .iter()
+        .filter(|s| selected.contains(s.name))
+        .flat_map(|s| column_map.unit_targets(s.name))
+        .collect();
     for (_, spec) in manifest::import_order(manifest, &target) {
-        if !selected.contains(spec.name) || column_map.is_skipped(spec.name) {
+        let wanted = selected.contains(spec.name);
+        let feeds_selected = column_map
+            .unit_targets(spec.name)
+            .iter()
+            .skip(1)
+            .any(|t| selected_targets.contains(t));
+        if !(wanted || feeds_selected) || column_map.is_skipped(spec.name) {
             continue;
         }
         let target_name = column_map.target_name(spec.name).to_string();
         if !source.tables.contains_key(spec.name) || !target.tables.contains_key(&target_name) {
+            if !wanted {
+                continue;
+            }
             let mut r = empty_report(spec.name, &target_name);
             r.status = Status::Error;
             r.error = Some("missing in the source or the target".into());
@@ -277,14 +313,29 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             })?),
             None => None,
         };
-        let map = column_map.resolve(spec, &source, &target)?;
-        let pk = primary_key(&target_client, &target_name).await?;
-        let mut plan = plan_table(spec, map, &source, &target, &pk, args.unmapped)?;
-        if let Some(entry) = file {
-            plan.source_side = file_side(&plan, entry, &args.export_dir)?;
-            plan.source = QualifiedName::new("export", &entry.file);
+        for map in column_map.resolve_units(spec, &source, &target)? {
+            if !wanted && !(map.also && selected_targets.contains(&map.target_table)) {
+                continue;
+            }
+            if !target.tables.contains_key(&map.target_table) {
+                let mut r = empty_report(&map.unit, &map.target_table);
+                r.status = Status::Error;
+                r.error = Some("missing in the target".into());
+                reports.push(r);
+                continue;
+            }
+            let pk = primary_key(&target_client, &map.target_table).await?;
+            // An also entry takes the staging path, which can also list the keys it writes
+            // (see KeyFilter).
+            let staged = map.also;
+            let mut plan = plan_table(spec, map, &source, &target, &pk, args.unmapped, staged)?;
+            if let Some(entry) = file {
+                plan.source_side = file_side(&plan, entry, &args.export_dir)?;
+                plan.source = QualifiedName::new("export", &entry.file);
+            }
+            plan.selected = wanted;
+            plans.push(plan);
         }
-        plans.push(plan);
     }
 
     let mapping_path = args.mapping_path();
@@ -321,10 +372,10 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         }
         let columns: Vec<String> = match &metadata {
             Some(m) => m
-                .table(&plan.name)
+                .table(&plan.map.source_table)
                 .map(|e| e.columns.iter().map(|c| c.name.clone()).collect())
                 .unwrap_or_default(),
-            None => source.tables[&plan.name]
+            None => source.tables[&plan.map.source_table]
                 .columns
                 .iter()
                 .map(|c| c.name.clone())
@@ -353,6 +404,10 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             missing_null: plan.map.lookups.iter().map(|l| l.missing_null).collect(),
         };
     }
+
+    // Target tables fed by several units: each unit compares only the target rows it writes.
+    restrict_shared_targets(&mut plans)?;
+    plans.retain(|p| p.selected);
 
     // Tables in parallel (--jobs); --fail-fast stops starting new ones after a difference.
     let stop = Arc::new(AtomicBool::new(false));
@@ -591,6 +646,7 @@ fn plan_table(
     target: &Discovered,
     pk: &[String],
     default: Unmapped,
+    force_staged: bool,
 ) -> Result<TablePlan> {
     // Generated values (`compare = false`) are left out of both sides.
     let not_compared = map.not_compared.clone();
@@ -627,7 +683,8 @@ fn plan_table(
 
     // Import's rule (straight in when every written column is a source column of the same
     // type); rows that can stay behind need the staging table's WHERE or the policy's rewrite.
-    let direct = pipeline::copies_directly(&map)
+    let direct = !force_staged
+        && pipeline::copies_directly(&map)
         && !map.leaves_rows_behind(default)
         && map.user_id_policies.is_empty();
     let source_side = if direct {
@@ -655,7 +712,7 @@ fn plan_table(
         }
     } else {
         // The staging table has the source's shape, as import's (the expression contract).
-        let stage = format!("fmig_verify_{}", spec.name);
+        let stage = format!("fmig_verify_{}", map.unit);
         let columns: Vec<&Column> = source_info.columns.iter().collect();
         let typed: Vec<(&str, u32, &str)> = columns
             .iter()
@@ -688,7 +745,10 @@ fn plan_table(
         .map(|(i, c)| (i, map.policy(&c.name, default)))
         .collect();
     Ok(TablePlan {
-        name: spec.name.to_string(),
+        name: map.unit.clone(),
+        target_select,
+        keys: None,
+        selected: true,
         target: target_name,
         source: source_name,
         map,
@@ -732,6 +792,143 @@ fn copy_sql(select: &[String], from: &str) -> String {
     format!("COPY (SELECT {list} FROM {from}) TO STDOUT (FORMAT binary)")
 }
 
+/// Gives every unit of a target table fed by several units its [`KeyFilter`] and the target
+/// copy that reads only its rows.
+fn restrict_shared_targets(plans: &mut [TablePlan]) -> Result<()> {
+    let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, plan) in plans.iter().enumerate() {
+        by_target
+            .entry(plan.map.target_table.clone())
+            .or_default()
+            .push(i);
+    }
+    for (table, units) in by_target {
+        if units.len() < 2 {
+            continue;
+        }
+        let also: Vec<TablePlan> = units
+            .iter()
+            .map(|&i| &plans[i])
+            .filter(|p| p.map.also)
+            .cloned()
+            .collect();
+        if let Some(p) = units.iter().map(|&i| &plans[i]).find(|p| p.pk.is_empty()) {
+            bail!(
+                "{}: target table {table} is fed by {} units ({}), and verify tells their rows \
+                 apart by the primary key, which {table} does not have",
+                p.name,
+                units.len(),
+                units
+                    .iter()
+                    .map(|&i| plans[i].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        for &i in &units {
+            let plan = &mut plans[i];
+            let filter = if plan.map.also {
+                KeyFilter {
+                    units: vec![plan.clone()],
+                    include: true,
+                }
+            } else {
+                KeyFilter {
+                    units: also.clone(),
+                    include: false,
+                }
+            };
+            let pk: Vec<String> = plan.pk.iter().map(|&k| plan.names[k].clone()).collect();
+            let conditions: Vec<String> = (0..filter.units.len())
+                .map(|j| {
+                    let matches: Vec<String> = pk
+                        .iter()
+                        .map(|c| format!("k.{0} = t.{0}", quote_ident(c)))
+                        .collect();
+                    format!(
+                        "{}EXISTS (SELECT 1 FROM {} AS k WHERE {})",
+                        if filter.include { "" } else { "NOT " },
+                        quote_ident(&key_table(j)),
+                        matches.join(" AND ")
+                    )
+                })
+                .collect();
+            let from = format!(
+                "{} AS t WHERE {}",
+                plan.target.quoted(),
+                conditions.join(if filter.include { " OR " } else { " AND " })
+            );
+            plan.target_copy = copy_sql(&plan.target_select, &from);
+            plan.keys = Some(filter);
+        }
+    }
+    Ok(())
+}
+
+fn key_table(index: usize) -> String {
+    format!("fmig_verify_keys_{index}")
+}
+
+/// Stages, on the target reader's connection, the keys of each unit of `filter` (see
+/// [`KeyFilter`]), computed from the source or the export as the unit's own source side is.
+async fn stage_keys(
+    client: &Client,
+    filter: &KeyFilter,
+    source_url: Option<&DbUrl>,
+    options: &ConnectOptions,
+    user_map: &Arc<IdMap>,
+) -> Result<()> {
+    for (j, unit) in filter.units.iter().enumerate() {
+        let table = quote_ident(&key_table(j));
+        let pk: Vec<&crate::column_map::TargetColumn> =
+            unit.pk.iter().map(|&k| &unit.map.columns[k]).collect();
+        let defs: Vec<String> = pk
+            .iter()
+            .map(|c| format!("{} {}", quote_ident(&c.name), c.target_type))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {table}; CREATE TEMP TABLE {table} ({})",
+                defs.join(", ")
+            ))
+            .await?;
+        let stage_name = match &unit.source_side {
+            SourceSide::File { stage, .. } | SourceSide::Staged { stage, .. } => stage.clone(),
+            SourceSide::Direct { .. } => bail!("{}: an also entry is always staged", unit.name),
+        };
+        let items: Vec<String> = pk.iter().map(|c| pipeline::staged_item(c)).collect();
+        let mut insert = format!(
+            "INSERT INTO {table} SELECT {} FROM {} AS src",
+            items.join(", "),
+            quote_ident(&stage_name)
+        );
+        if let Some(filter) = &unit.map.filter {
+            insert.push_str(&format!(" WHERE {}", pipeline::keep_condition(filter)));
+        }
+        let mut ignored = Tally::new(unit, None);
+        let done = match &unit.source_side {
+            SourceSide::File { .. } => {
+                from_file(unit, client, user_map.clone(), &mut ignored, Some(&insert)).await
+            }
+            _ => {
+                let url = source_url.ok_or_else(|| anyhow!("no source database"))?;
+                let source = connect::connect(url, options).await?;
+                staged(
+                    unit,
+                    source,
+                    client,
+                    user_map.clone(),
+                    &mut ignored,
+                    Some(&insert),
+                )
+                .await
+            }
+        };
+        done.with_context(|| format!("{}: the keys it writes, from the source", unit.name))?;
+    }
+    Ok(())
+}
+
 async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
     let started = Instant::now();
     let mut report = empty_report(&plan.name, &plan.target.name);
@@ -755,7 +952,9 @@ async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
 }
 
 async fn verify_into(plan: &TablePlan, shared: &Shared, report: &mut TableReport) -> Result<()> {
-    if shared.skip_checksum {
+    // A unit of a shared target table is compared row by row even then: a count of the
+    // whole table would include the other units' rows.
+    if shared.skip_checksum && plan.keys.is_none() {
         let t = count(&shared.target_url, &shared.options, &plan.target).await?;
         let s = match (&plan.source_side, &shared.source_url) {
             (SourceSide::File { rows, .. }, _) => *rows,
@@ -932,8 +1131,13 @@ async fn both_sides(
         let url = shared.target_url.clone();
         let options = shared.options.clone();
         let collect = collect.clone();
+        let source_url = shared.source_url.clone();
+        let user_map = shared.user_map.clone();
         tokio::spawn(async move {
             let client = connect::connect(&url, &options).await?;
+            if let Some(filter) = &plan.keys {
+                stage_keys(&client, filter, source_url.as_ref(), &options, &user_map).await?;
+            }
             let mut tally = Tally::new(&plan, collect);
             copy_binary(&client, &plan.target_copy, &mut tally)
                 .await
@@ -951,7 +1155,7 @@ async fn both_sides(
             let mut tally = Tally::new(&plan, collect);
             if let SourceSide::File { .. } = &plan.source_side {
                 let stage = connect::connect(&target_url, &options).await?;
-                from_file(&plan, &stage, user_map, &mut tally)
+                from_file(&plan, &stage, user_map, &mut tally, None)
                     .await
                     .with_context(|| {
                         format!("{}: the export file through the staging table", plan.name)
@@ -971,7 +1175,7 @@ async fn both_sides(
                 }
                 SourceSide::Staged { .. } => {
                     let stage = connect::connect(&target_url, &options).await?;
-                    staged(&plan, source, &stage, user_map, &mut tally)
+                    staged(&plan, source, &stage, user_map, &mut tally, None)
                         .await
                         .with_context(|| {
                             format!("{}: the source through the staging table", plan.name)
@@ -1011,6 +1215,7 @@ async fn staged(
     stage: &Client,
     user_map: Arc<IdMap>,
     tally: &mut Tally,
+    keys_into: Option<&str>,
 ) -> Result<()> {
     let SourceSide::Staged {
         copy,
@@ -1036,7 +1241,9 @@ async fn staged(
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
-        if let Err(e) = flush_stage(stage, &stage_copy, select, &truncate, &mut batch, tally).await
+        let read_back = keys_into.unwrap_or(select);
+        if let Err(e) =
+            flush_stage(stage, &stage_copy, read_back, &truncate, &mut batch, tally).await
         {
             failure = Some(e);
             break;
@@ -1085,6 +1292,7 @@ async fn from_file(
     stage: &Client,
     user_map: Arc<IdMap>,
     tally: &mut Tally,
+    keys_into: Option<&str>,
 ) -> Result<()> {
     let SourceSide::File {
         path,
@@ -1113,7 +1321,9 @@ async fn from_file(
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
-        if let Err(e) = flush_stage(stage, &stage_copy, select, &truncate, &mut batch, tally).await
+        let read_back = keys_into.unwrap_or(select);
+        if let Err(e) =
+            flush_stage(stage, &stage_copy, read_back, &truncate, &mut batch, tally).await
         {
             failure = Some(e);
             break;
@@ -1213,7 +1423,12 @@ async fn flush_stage(
     sink.finish()
         .await
         .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
-    copy_binary(stage, select, tally).await?;
+    if select.starts_with("COPY") {
+        copy_binary(stage, select, tally).await?;
+    } else {
+        // Keys into a temporary table (stage_keys).
+        stage.batch_execute(select).await?;
+    }
     tally.left_behind += staged.saturating_sub(tally.checksum.rows - before);
     stage.batch_execute(truncate).await?;
     Ok(())

@@ -83,7 +83,7 @@ pub(super) async fn decide(
     for plan in plans.iter() {
         if plan.map.leaves_rows_behind(default) || !plan.map.lookups.is_empty() {
             inputs.insert(
-                plan.spec.name.to_string(),
+                plan.name().to_string(),
                 Input {
                     map: plan.map.clone(),
                     entry: plan.entry.clone(),
@@ -160,7 +160,7 @@ pub(super) async fn decide(
     // 3. Each table's lookups, and the references they lose.
     let mut refusals = Vec::new();
     for plan in plans.iter_mut() {
-        if let Some(rows) = skipped.get(plan.spec.name) {
+        if let Some(rows) = skipped.get(plan.name()) {
             plan.left_behind = Arc::new(rows.clone());
         }
         if plan.map.lookups.is_empty() {
@@ -177,7 +177,7 @@ pub(super) async fn decide(
                 .collect(),
             missing_null: plan.map.lookups.iter().map(|l| l.missing_null).collect(),
         };
-        let input = &inputs[plan.spec.name];
+        let input = &inputs[plan.name()];
         let lost = lost_references(
             dir,
             input,
@@ -201,7 +201,7 @@ pub(super) async fn decide(
                     "{}.{} = lookup in {} by ({matches}): {} row(s) find several rows of {}, e.g. \
                      {}; match on columns that identify one row (its primary key or a unique \
                      column), or leave the duplicates behind with where",
-                    plan.spec.name,
+                    plan.name(),
                     lookup.target_column,
                     lookup.table,
                     thousands(*ambiguous as i64),
@@ -214,7 +214,7 @@ pub(super) async fn decide(
             }
             let text = format!(
                 "{}.{} = lookup in {} by ({matches}): {} row(s) find no migrated row, e.g. {}",
-                plan.spec.name,
+                plan.name(),
                 lookup.target_column,
                 lookup.table,
                 thousands(*count as i64),
@@ -269,7 +269,10 @@ async fn references_left_behind(
             else {
                 continue;
             };
-            let Some(to) = plans.iter().find(|p| p.map.target_table == fk.references) else {
+            let Some(to) = plans
+                .iter()
+                .find(|p| p.map.target_table == fk.references && !p.map.also)
+            else {
                 continue;
             };
             let by_id = to.map.column(referenced).is_some_and(|c| {
@@ -277,7 +280,7 @@ async fn references_left_behind(
             });
             let gone: std::collections::HashSet<String> = decided
                 .rows
-                .get(to.spec.name)
+                .get(to.name())
                 .into_iter()
                 .flat_map(|rows| rows.values().filter_map(|(id, _)| id.clone()))
                 .collect();
@@ -328,12 +331,12 @@ async fn references_left_behind(
                     "{}.{own} references {}({referenced}) by foreign key {}: {} row(s) point at \
                      a row that stays behind, e.g. {}; set {column} = {{ lookup = \"{}\", match = \
                      {{ id = \"{own}\" }}, take = \"id\", missing = \"null\" }} to write NULL",
-                    plan.spec.name,
+                    plan.name(),
                     fk.references,
                     fk.constraint,
                     thousands(count as i64),
                     samples.join("; "),
-                    to.spec.name
+                    to.name()
                 ));
             }
         }
@@ -611,8 +614,8 @@ async fn lost_references(
 pub(super) fn write_left_behind(dir: &Path, plans: &[TablePlan], decided: &Decided) -> Result<()> {
     let folder = dir.join(LEFT_BEHIND_DIR);
     for plan in plans {
-        let path = folder.join(format!("{}.csv", plan.spec.name));
-        let rows = decided.rows.get(plan.spec.name).filter(|r| !r.is_empty());
+        let path = folder.join(format!("{}.csv", plan.name()));
+        let rows = decided.rows.get(plan.name()).filter(|r| !r.is_empty());
         let Some(rows) = rows else {
             if path.exists() {
                 std::fs::remove_file(&path)
@@ -632,7 +635,7 @@ pub(super) fn write_left_behind(dir: &Path, plans: &[TablePlan], decided: &Decid
             ));
         }
         files::write_atomically(&path, text.as_bytes())?;
-        info!(table = plan.spec.name, rows = rows.len(), path = %path.display(), "left-behind rows listed");
+        info!(table = plan.name(), rows = rows.len(), path = %path.display(), "left-behind rows listed");
     }
     Ok(())
 }
