@@ -314,7 +314,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             None => None,
         };
         for map in column_map.resolve_units(spec, &source, &target)? {
-            if !wanted && !(map.also && selected_targets.contains(&map.target_table)) {
+            if !(wanted || map.also && selected_targets.contains(&map.target_table)) {
                 continue;
             }
             if !target.tables.contains_key(&map.target_table) {
@@ -1957,6 +1957,8 @@ mod tests {
             target: QualifiedName::new("public", "t"),
             source: QualifiedName::new("public", "t"),
             map: TableMap {
+                unit: "t".into(),
+                also: false,
                 source_table: "t".into(),
                 target_table: "t".into(),
                 skip: false,
@@ -1985,6 +1987,9 @@ mod tests {
             user_ids: Vec::new(),
             default_policy: Unmapped::Null,
             lookups: pipeline::Lookups::default(),
+            target_select: Vec::new(),
+            keys: None,
+            selected: true,
         }
     }
 
