@@ -859,7 +859,8 @@ pub async fn compare(
     let mut tables = Vec::new();
     let mut user_id_columns = Vec::new();
     for (_, spec) in manifest::import_order(inputs.specs, &inputs.target.found) {
-        let pending = table_findings(inputs, spec, &maps, &mut user_id_columns, target).await?;
+        let pending =
+            table_findings(inputs, spec, None, &maps, &mut user_id_columns, target).await?;
         let filter = maps
             .get(spec.name)
             .and_then(|m| m.filter.as_deref())
@@ -881,7 +882,49 @@ pub async fn compare(
             findings,
             mapping: maps.get(spec.name).cloned(),
         });
+        if !maps.contains_key(spec.name) {
+            continue;
+        }
+        for unit in inputs
+            .map
+            .resolve_units(spec, &inputs.source.found, &inputs.target.found)?
+            .into_iter()
+            .skip(1)
+            .filter(|u| inputs.target.found.tables.contains_key(&u.target_table))
+        {
+            let pending = table_findings(
+                inputs,
+                spec,
+                Some(&unit),
+                &maps,
+                &mut user_id_columns,
+                target,
+            )
+            .await?;
+            let filter = unit
+                .filter
+                .as_deref()
+                .filter(|_| !inputs.rejected.contains(&unit.unit));
+            let counts = measure(source, spec.name, filter, &pending).await?;
+            let findings = sort_findings(pending.into_iter().map(|p| p.finish(&counts)).collect());
+            tables.push(TablePlan {
+                level: inputs
+                    .target
+                    .found
+                    .levels
+                    .get(&unit.target_table)
+                    .copied()
+                    .unwrap_or(spec.level),
+                listed_level: spec.level,
+                table: unit.unit.clone(),
+                target_table: unit.target_table.clone(),
+                findings,
+                mapping: Some(unit),
+            });
+        }
     }
+    // An also entry is loaded with its target table's level.
+    tables.sort_by_key(|t| t.level);
     let schema = schema_findings(inputs, &maps);
     Ok(Comparison {
         tables,
@@ -1047,14 +1090,16 @@ async fn measure(
 async fn table_findings(
     inputs: &Inputs<'_>,
     spec: &TableSpec,
+    also: Option<&TableMap>,
     maps: &BTreeMap<&str, TableMap>,
     user_lines: &mut Vec<UserIdColumnLine>,
     target: &mut Transaction<'_>,
 ) -> Result<Vec<Pending>> {
     let mut out = Vec::new();
     let name = spec.name;
-    let target_name = inputs.map.target_name(name);
-    if inputs.map.is_skipped(name) {
+    let unit = also.map_or(name, |m| m.unit.as_str());
+    let target_name = also.map_or(inputs.map.target_name(name), |m| m.target_table.as_str());
+    if also.is_none() && inputs.map.is_skipped(name) {
         out.push(Pending::fixed(
             "table_skipped",
             &[],
@@ -1090,17 +1135,25 @@ async fn table_findings(
             .suggest(Some(Suggestion::Skip)),
         );
     }
-    let (Some(src), Some(tgt), Some(map)) = (src, tgt, maps.get(name)) else {
+    let (Some(src), Some(tgt), Some(map)) = (src, tgt, also.or(maps.get(name))) else {
         return Ok(out);
     };
 
-    table_shape_findings(inputs, src, tgt, &mut out);
+    if also.is_none() {
+        table_shape_findings(inputs, src, tgt, &mut out);
+    }
     if let Some(filter) = map
         .filter
         .as_ref()
-        .filter(|_| !inputs.rejected.contains(name))
+        .filter(|_| !inputs.rejected.contains(unit))
     {
-        out.push(left_behind(filter));
+        out.push(match also {
+            None => left_behind(filter),
+            Some(m) => rows_not_split(filter, m),
+        });
+    }
+    if let Some(m) = also {
+        out.extend(split_findings(inputs, m, maps));
     }
     let renames = rename_candidates(inputs, src, tgt, map);
 
@@ -1299,9 +1352,117 @@ async fn table_findings(
         });
     }
 
-    user_id_findings(inputs, spec, src, tgt, map, maps, user_lines, &mut out);
-    foreign_key_findings(inputs, name, map, maps, &mut out);
+    if also.is_none() {
+        user_id_findings(inputs, spec, src, tgt, map, maps, user_lines, &mut out);
+        foreign_key_findings(inputs, name, map, maps, &mut out);
+    } else {
+        for fk in inputs
+            .target
+            .found
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.table == map.target_table)
+        {
+            out.extend(references_left_behind(fk, map, maps, inputs.rejected));
+        }
+    }
     Ok(out)
+}
+
+/// The rows of an also entry's `where` that make no row of its target table (they still move
+/// with the table's own unit).
+fn rows_not_split(filter: &str, unit: &TableMap) -> Pending {
+    let mut pending = left_behind(filter);
+    pending.kind = "rows_not_split";
+    pending.measures[0].label = format!(
+        "rows make no {} row (listed in left-behind/{}.csv; they still move into {})",
+        unit.target_table, unit.unit, unit.source_table
+    );
+    pending.measures[0].effect = Effect::Info;
+    pending
+}
+
+/// What an also entry adds: which table it feeds, and keys that collide with the rows the
+/// table's own unit writes (import would stop at the first with a duplicate key).
+fn split_findings(
+    inputs: &Inputs<'_>,
+    unit: &TableMap,
+    maps: &BTreeMap<&str, TableMap>,
+) -> Vec<Pending> {
+    let mut out = vec![Pending::fixed(
+        "also_feeds",
+        &[],
+        Class::Ok,
+        format!(
+            "[[tables.{}.also]]: the rows of {} also feed {} ({} column(s) written), loaded \
+             at the level of {}",
+            unit.source_table,
+            unit.source_table,
+            unit.target_table,
+            unit.columns.len(),
+            unit.target_table
+        ),
+    )];
+    let Some(tgt) = inputs.target.found.tables.get(&unit.target_table) else {
+        return out;
+    };
+    // The table's own unit into the same target, with a primary key copied on both sides.
+    let Some(owner) = maps
+        .values()
+        .find(|m| !m.also && m.target_table == unit.target_table)
+    else {
+        return out;
+    };
+    // The catalog knows whether there is a primary key, not its columns: the FreshTrack
+    // tables' key is `id`.
+    if !tgt.has_primary_key || tgt.column("id").is_none() {
+        return out;
+    }
+    let pk = &vec!["id".to_string()];
+    let copied = |m: &TableMap| -> Option<Vec<String>> {
+        pk.iter()
+            .map(|k| match &m.column(k)?.value {
+                ColumnValue::Source { column, .. } => Some(column.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (Some(own), Some(theirs)) = (copied(unit), copied(owner)) else {
+        return out;
+    };
+    let matches: Vec<String> = own
+        .iter()
+        .zip(&theirs)
+        .map(|(o, t)| format!("o.{} = t.{}", quote_ident(t), quote_ident(o)))
+        .collect();
+    let kept = owner
+        .filter
+        .as_deref()
+        .filter(|_| !inputs.rejected.contains(&owner.unit))
+        .map(|f| format!(" AND {}", pipeline::keep_condition(f).replace("src.", "o.")))
+        .unwrap_or_default();
+    out.push(Pending {
+        kind: "split_key_collision",
+        columns: pk.clone(),
+        head: format!("primary key of {}", unit.target_table),
+        base: Class::Ok,
+        measures: vec![Measure {
+            key: "duplicate_keys",
+            label: format!(
+                "rows write a key that a row of {} writes too (import would stop at the first)",
+                owner.source_table
+            ),
+            sql: count_where(format!(
+                "EXISTS (SELECT 1 FROM {} AS o WHERE {}{kept})",
+                QualifiedName::new(APP_SCHEMA, &owner.source_table).quoted(),
+                matches.join(" AND ")
+            )),
+            effect: Effect::Fails,
+        }],
+        suggestion: None,
+        settled_by: None,
+    });
+    out
 }
 
 fn col(name: &str) -> String {

@@ -238,6 +238,29 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         line.contains(&format!("{readings_left} rows stay behind")),
         "{line}"
     );
+    // The split is planned as its own unit, with devices' level: the sensors that make no
+    // device row counted, and the keys it writes checked against those of devices.
+    let not_split =
+        r.source("SELECT count(*) FROM public.lora_sensors WHERE device_id IS NOT NULL");
+    let unit_lines: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.contains("lora_sensors+devices"))
+        .collect();
+    assert!(
+        unit_lines
+            .iter()
+            .any(|l| l.contains(&format!("{not_split} rows make no devices row"))),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        unit_lines
+            .iter()
+            .any(|l| l.contains("0 rows write a key that a row of devices writes too")),
+        "{}",
+        plan.stdout
+    );
     // A foreign key the target adds is settled by a lookup into the referenced rows that move.
     assert!(
         !plan
