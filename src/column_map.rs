@@ -2183,10 +2183,103 @@ mod tests {
                 "[tables.alerts] where: it contains `;`",
             ),
             ("[tables.alerts.set]\nx = 3\n", "found integer"),
+            (
+                "[[tables.alerts.also]]\nwhere = \"true\"\n",
+                "fmig.toml:1:1: [[tables.alerts.also]] entry 1: target is missing",
+            ),
+            (
+                "[[tables.alerts.also]]\ntarget = \"t\"\nskip = true\n",
+                "[[tables.alerts.also]] skip: not allowed in an also entry",
+            ),
+            (
+                "[[tables.alerts.also]]\ntarget = \"t\"\nwhere = \"\"\n",
+                "[tables.alerts.also] where: the condition is empty",
+            ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}\n{err}");
         }
+    }
+
+    #[test]
+    fn an_also_entry_is_a_unit_that_writes_only_its_own_columns() {
+        let (source, mut target) = logs_pair();
+        let mut id = column("id", "uuid");
+        id.not_null = true;
+        let mut kind = column("kind", "text");
+        kind.not_null = true;
+        target.tables.insert(
+            "notes".into(),
+            table("notes", vec![id, column("body", "text"), kind]),
+        );
+        let text = "[tables.manual_temperature_logs]\n\
+                    drop = [\"legacy\", \"unit_label\"]\n\
+                    rename = { logged_at = \"recorded_at\" }\n\
+                    [tables.manual_temperature_logs.set]\n\
+                    temp_unit = \"'C'\"\n\
+                    [[tables.manual_temperature_logs.also]]\n\
+                    target = \"notes\"\n\
+                    where = \"notes IS NOT NULL\"\n\
+                    rename = { notes = \"body\" }\n\
+                    [tables.manual_temperature_logs.also.set]\n\
+                    kind = \"'log'\"\n";
+        let map = parse(text).unwrap();
+        map.validate(manifest::builtin(), &source, &target).unwrap();
+        let units = map.resolve_units(spec(), &source, &target).unwrap();
+        assert_eq!(units.len(), 2);
+        assert_eq!(units[0].unit, "manual_temperature_logs");
+        assert!(!units[0].also);
+        let note = &units[1];
+        assert_eq!(note.unit, "manual_temperature_logs+notes");
+        assert!(note.also);
+        assert_eq!(note.target_table, "notes");
+        assert_eq!(note.filter.as_deref(), Some("notes IS NOT NULL"));
+        let written: Vec<&str> = note.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(written, ["id", "body", "kind"]);
+        // The source columns it does not take are the table's own unit's business.
+        assert!(note.unmapped.is_empty(), "{:?}", note.unmapped);
+        assert_eq!(
+            map.unit_targets("manual_temperature_logs"),
+            ["manual_temperature_logs", "notes"]
+        );
+
+        // A column the table's own target has no place for is carried by the also entry:
+        // not lost, so not unmapped.
+        let text = text.replace("drop = [\"legacy\", \"unit_label\"]", "drop = [\"legacy\"]");
+        let with_label = text.replace("kind = \"'log'\"", "kind = \"unit_label\"");
+        let map = parse(&with_label).unwrap();
+        let units = map.resolve_units(spec(), &source, &target).unwrap();
+        assert!(units[0].unmapped.is_empty(), "{:?}", units[0].unmapped);
+        assert!(
+            units[0]
+                .used_by_expressions
+                .contains(&"unit_label".to_string())
+        );
+        let map = parse(&text).unwrap();
+        let units = map.resolve_units(spec(), &source, &target).unwrap();
+        assert_eq!(units[0].unmapped, ["unit_label"]);
+
+        // Names are checked against the also entry's own target table.
+        let wrong = text.replace("kind = ", "kinds = ");
+        let err = parse(&wrong)
+            .unwrap()
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[tables.manual_temperature_logs.also] set: target column kinds does not exist in notes"),
+            "{err}"
+        );
+        let missing = text.replace("target = \"notes\"", "target = \"nowhere\"");
+        let err = parse(&missing)
+            .unwrap()
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("table nowhere does not exist in the target"),
+            "{err}"
+        );
     }
 
     #[test]
