@@ -123,8 +123,10 @@ pub enum Command {
     /// foreign-key order with COPY, --batch-size rows per transaction, each transaction also
     /// advancing a checkpoint in the target (fmig.import_progress): a re-run after a crash or
     /// kill resumes after the last committed batch, with no duplicate and no gap. The column
-    /// mapping (fmig.toml, see `fmig plan`) renames, drops and computes columns. Sequences are
-    /// advanced to the imported maximum at the end.
+    /// mapping (fmig.toml, see `fmig plan`) renames, drops and computes columns, leaves rows
+    /// behind (listed in <input-dir>/left-behind/) and feeds a second target table from a
+    /// table's rows (an `also` entry: a unit `<table>+<target>` with its own checkpoint).
+    /// Sequences are advanced to the imported maximum at the end.
     #[command(
         after_help = "Examples:\n  fmig import --dry-run\n  fmig import\n  fmig import --truncate-first --yes      # start over\n  fmig import --disable-fk                # then checks every foreign key for orphans"
     )]
@@ -136,6 +138,8 @@ pub enum Command {
     /// when they
     /// differ, the primary keys missing, extra or changed (with the columns and both values,
     /// personal data masked); then user ids unknown to the mapping and foreign-key orphans.
+    /// What the target must hold is computed from the source alone (filters, lookups, splits);
+    /// a target table fed by several units is compared per unit.
     #[command(
         after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
     )]
@@ -149,8 +153,8 @@ pub enum Command {
     /// and user-id columns (configured, by foreign key to auth.users, and by value). Each is
     /// ok, lossy (data may change: the affected values are counted on the source) or blocking
     /// (the import would fail or lose data silently). The mapping file (fmig.toml) settles
-    /// differences: rename, drop, set expressions, user-id columns, skip. Exit code 1 while
-    /// anything is blocking.
+    /// differences: rename, drop, set expressions and lookups, where, unmapped, also (one table
+    /// into two), user-id columns, skip. Exit code 1 while anything is blocking.
     #[command(
         after_help = "Examples:\n  fmig plan\n  fmig plan --write-template          # writes ./fmig.toml to edit\n  fmig plan --mapping-config staging.toml --json"
     )]

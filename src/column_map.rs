@@ -18,7 +18,15 @@
 //!
 //! [tables.manual_temperature_logs.set]   # target column = SQL expression over source columns
 //! temp_unit = "'celsius'"
+//!
+//! [[tables.lora_sensors.also]]           # the same rows also feed another target table
+//! target = "devices"                     # required; rename, drop, set, where, unmapped as above
+//! where = "device_id IS NULL"
 //! ```
+//!
+//! An `also` entry is a *unit* of its own ([`unit_name`]: `lora_sensors+devices`): resolved by
+//! [`ColumnMap::resolve_units`] against its own target table, it writes only the target columns
+//! it finds a value for, and the source columns it does not use are its table's business.
 //!
 //! Unknown keys are errors, and so are names that do not exist (a table that is not one of
 //! fmig's, a source or target column that is not there); every error names the file, line and

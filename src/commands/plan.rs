@@ -203,6 +203,8 @@ fn template_text(report: &PlanReport) -> String {
         .comparison
         .tables
         .iter()
+        // An also entry exists only in a mapping someone wrote: the template is a start.
+        .filter(|t| t.mapping.as_ref().is_none_or(|m| !m.also))
         .map(|t| t.table.as_str())
         .collect();
     column_map::render_template(&header, &order, &report.comparison.template_notes())
