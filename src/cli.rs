@@ -313,6 +313,16 @@ pub enum Unmapped {
 }
 
 impl Unmapped {
+    /// The mapping file's spelling of this policy.
+    pub fn mapping_name(self) -> &'static str {
+        match self {
+            Unmapped::Fail => "fail",
+            Unmapped::Null => "null",
+            Unmapped::Keep => "keep",
+            Unmapped::SkipRow => "skip_row",
+        }
+    }
+
     /// The spelling of the mapping file (`unmapped = "skip_row"`).
     pub fn parse_mapping(text: &str) -> Option<Unmapped> {
         match text {
@@ -648,8 +658,15 @@ pub struct VerifyArgs {
 
     /// How the import treated user ids without a mapping (`fmig import --unmapped`), so that
     /// verify expects the same: NULL, or the old id kept. `fail` means none were left.
-    #[arg(long, value_enum, default_value_t = Unmapped::Null)]
-    pub unmapped: Unmapped,
+    /// Default: what the import recorded in the target (fmig.import_choices), else null. A value
+    /// that contradicts the recorded one is refused unless --ignore-recorded.
+    #[arg(long, value_enum)]
+    pub unmapped: Option<Unmapped>,
+
+    /// Verify with --unmapped and the column mapping as given, even where they differ from the
+    /// choices the import recorded in the target.
+    #[arg(long)]
+    pub ignore_recorded: bool,
 
     /// Tables verified at the same time (each uses three connections).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]

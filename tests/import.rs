@@ -393,3 +393,97 @@ fn a_rejected_row_is_named_and_disable_fk_reports_orphans() {
     );
     assert!(run.stdout.contains("orphan row"), "{}", run.stdout);
 }
+
+/// Polls `check` every 50 ms for at most 30 s.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_second_import_into_the_same_target_exits_2_naming_the_first_and_a_killed_one_frees_it() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let s = setup(&SeedConfig::default());
+    let url = s.cluster.url(TARGET_DB);
+    let env = [("DATABASE_URL", url.as_str())];
+    // The first run holds the lock and then waits for a table another session keeps locked,
+    // so it is surely running when the second starts.
+    let mut blocker = s
+        .cluster
+        .psql_command(TARGET_DB)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut blocker_in = blocker.stdin.take().unwrap();
+    writeln!(
+        blocker_in,
+        "BEGIN; LOCK TABLE public.organizations IN ACCESS EXCLUSIVE MODE; SELECT 1;"
+    )
+    .unwrap();
+    blocker_in.flush().unwrap();
+    wait_until("the blocker's table lock", || {
+        s.target("SELECT count(*) FROM pg_locks WHERE relation = 'public.organizations'::regclass AND mode = 'AccessExclusiveLock' AND granted") == "1"
+    });
+    let mut first = s
+        .work
+        .command(
+            &["import", "--input-dir", "out", "--unmapped", "null"],
+            &env,
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock_held = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid::bigint = ({} >> 32)",
+        fmig::lock::TARGET_LOCK_KEY
+    );
+    wait_until("the first import's lock", || s.target(&lock_held) == "1");
+
+    let started = std::time::Instant::now();
+    let second = s.import(&["--unmapped", "null"]);
+    assert_eq!(second.code, 2, "{}\n{}", second.stdout, second.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second run waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        second
+            .stderr
+            .contains("another fmig import is writing to this target database")
+            && second
+                .stderr
+                .contains(&format!("fmig import pid {}", first.id())),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains("nothing was written"),
+        "{}",
+        second.stderr
+    );
+
+    // kill -9 of the holder: its lock goes with its connection, and the next run loads
+    // everything.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(blocker_in);
+    blocker.wait().unwrap();
+    let next = s.import(&["--unmapped", "null"]);
+    assert_eq!(next.code, 0, "{}\n{}", next.stdout, next.stderr);
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.sites"),
+        s.source("SELECT count(*) FROM public.sites")
+    );
+    assert_eq!(s.target(&lock_held), "0", "the lock outlived its run");
+}

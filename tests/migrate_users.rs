@@ -853,3 +853,58 @@ fn kill_9_at_random_moments_then_a_rerun_leaves_one_user_each_and_a_complete_map
         users.len()
     );
 }
+
+#[test]
+fn a_second_run_on_the_same_directory_exits_2_naming_the_first_and_a_killed_one_frees_it() {
+    let f = fixture();
+    let emu = emulator_with(Faults {
+        stall_after_create: true,
+        ..Faults::default()
+    });
+    let work = workdir(None);
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "migrate-users",
+        "--export-dir",
+        "data",
+        "--oauth-providers",
+        PROVIDERS,
+        "--concurrency",
+        "1",
+    ];
+    let first = work
+        .command(&args, &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fmig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emu.stalled() < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(emu.stalled(), 1, "the first run did not reach the server");
+    let created = emu.users().len();
+
+    let started = Instant::now();
+    let second = work.run(&args, &env);
+    assert_eq!(second.code, 2, "{}\n{}", second.stdout, second.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        second.stderr.contains("another fmig run is using data")
+            && second
+                .stderr
+                .contains(&format!("fmig migrate-users pid {}", first.id())),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(emu.users().len(), created, "the refused run created users");
+
+    // kill -9 of the holder frees the directory; the next run completes the migration.
+    kill_9(first);
+    emu.set_faults(Faults::default());
+    emu.release();
+    let next = work.run(&args, &env);
+    assert_eq!(next.code, 0, "{}\n{}", next.stdout, next.stderr);
+    assert_complete(&work, &emu, &migratable(f));
+}

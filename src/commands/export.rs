@@ -95,6 +95,7 @@ async fn export(args: &ExportArgs) -> Result<Outcome> {
     let manifest = manifest::builtin();
     let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
     let dir = args.output_dir.clone();
+    let _lock = crate::lock::DirLock::acquire(&dir, "export")?;
     prepare_directory(&dir)?;
 
     let options = args.connect.options();

@@ -39,6 +39,7 @@ use crate::codec::ColumnKind;
 use crate::column_map::{ColumnMap, ColumnValue, TableMap, Unwritten};
 use crate::connect;
 use crate::copy_text;
+use crate::import_choices::ImportChoices;
 use crate::ident::{QualifiedName, quote_ident, quote_literal};
 use crate::json_rows;
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
@@ -138,6 +139,9 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
 
     let url = args.target.url()?;
     let mut client = connect::connect(&url, &args.connect.options()).await?;
+    if !args.dry_run {
+        crate::lock::lock_target(&client).await?;
+    }
     let target = catalog::discover(&client, APP_SCHEMA).await?;
     let source = pipeline::source_catalog(&metadata);
     column_map
@@ -262,6 +266,26 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
             }
         }
     }
+    // A resumed import keeps the choices it started with: other ones would mix two imports.
+    let choices = ImportChoices::current(
+        format!("{} (snapshot {})", metadata.exported_at, metadata.snapshot_id),
+        &column_map,
+        args.unmapped,
+    )?;
+    let resuming = plans.iter().any(|p| checkpoints.contains_key(p.name()));
+    if resuming
+        && !args.truncate_first
+        && let Some(recorded) = ImportChoices::read(&client).await?
+    {
+        let differences = recorded.differences(&choices);
+        if !differences.is_empty() {
+            refusals.push(format!(
+                "the partial import in the target ran with other choices ({}); resume with the \
+                 same ones",
+                differences.join("; ")
+            ));
+        }
+    }
     if !refusals.is_empty() {
         bail!(
             "refusing to import over existing data:\n  {}\n  next step: if that data may go, \
@@ -292,6 +316,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         ))
         .await
         .context("could not create fmig's checkpoint table in the target")?;
+    choices.record(&client).await?;
     if args.truncate_first {
         truncate(&client, &plans).await?;
     }

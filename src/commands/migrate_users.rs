@@ -223,6 +223,17 @@ pub struct PlanOptions {
 
 pub async fn run(args: &MigrateUsersArgs) -> Result<Outcome> {
     let started = Instant::now();
+    // One run per mapping file: a second one would create the same users again.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        let output = args.output_path();
+        let dir = output
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(crate::lock::DirLock::acquire(dir, "migrate-users")?)
+    };
     let input = input_path(args)?;
     let recorded = recorded_entry(args, &input)?;
     let hashed = match &recorded {

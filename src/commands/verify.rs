@@ -59,6 +59,7 @@ use crate::column_map::{ColumnMap, ColumnValue, TableMap};
 use crate::connect::{self, ConnectOptions, DbUrl};
 use crate::copy_binary::CopyBinaryParser;
 use crate::files;
+use crate::import_choices::ImportChoices;
 use crate::ident::{QualifiedName, quote_ident};
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
@@ -245,6 +246,8 @@ struct Shared {
     user_map: Arc<IdMap>,
     max_diffs: usize,
     skip_checksum: bool,
+    /// The `--unmapped` policy the import ran with (see [`recorded_choices`]).
+    unmapped: Unmapped,
 }
 
 pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
@@ -272,6 +275,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
     pipeline::check_mapping(&column_map, &source, &target, &mut target_client).await?;
+    let unmapped = recorded_choices(args, &column_map, &target_client).await?;
 
     let mut plans = Vec::new();
     let mut reports = Vec::new();
@@ -328,7 +332,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             // An also entry takes the staging path, which can also list the keys it writes
             // (see KeyFilter).
             let staged = map.also;
-            let mut plan = plan_table(spec, map, &source, &target, &pk, args.unmapped, staged)?;
+            let mut plan = plan_table(spec, map, &source, &target, &pk, unmapped, staged)?;
             if let Some(entry) = file {
                 plan.source_side = file_side(&plan, entry, &args.export_dir)?;
                 plan.source = QualifiedName::new("export", &entry.file);
@@ -358,10 +362,11 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         options,
         user_map: Arc::new(IdMap {
             ids: Arc::new(ids),
-            keep: args.unmapped == Unmapped::Keep,
+            keep: unmapped == Unmapped::Keep,
         }),
         max_diffs: args.max_diffs,
         skip_checksum: args.skip_checksum,
+        unmapped,
     });
 
     // Lookups, computed from the source (or the export) alone, never from the target.
@@ -490,6 +495,52 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     })
 }
 
+/// The `--unmapped` policy verify expects, and a check of the column mapping, against the
+/// choices the import recorded in the target ([`ImportChoices`]): the recorded ones are the
+/// defaults, and a flag or mapping file that contradicts them is refused unless
+/// `--ignore-recorded`.
+async fn recorded_choices(args: &VerifyArgs, column_map: &ColumnMap, target: &Client) -> Result<Unmapped> {
+    let Some(recorded) = ImportChoices::read(target).await? else {
+        let unmapped = args.unmapped.unwrap_or(Unmapped::Null);
+        if args.unmapped.is_none() {
+            info!(target: "fmig::report", "no import choices recorded in the target: verifying with --unmapped null");
+        }
+        return Ok(unmapped);
+    };
+    let now = ImportChoices::current(
+        recorded.export.clone(),
+        column_map,
+        args.unmapped.unwrap_or(recorded.unmapped),
+    )?;
+    let differences = recorded.differences(&now);
+    if !differences.is_empty() && !args.ignore_recorded {
+        bail!(
+            "the import recorded in the target ran with other choices: {}.\n  next step: verify \
+             with the import's choices (leave --unmapped out to use the recorded one; give the \
+             column mapping file it used with --mapping-config), or add --ignore-recorded to \
+             verify with these anyway",
+            differences.join("; ")
+        );
+    }
+    let unmapped = args.unmapped.unwrap_or(recorded.unmapped);
+    let text = format!(
+        "verifying with the import's choices recorded in the target at {}: --unmapped {}, column \
+         mapping {}, export {}{}",
+        recorded.recorded_at.as_deref().unwrap_or("?"),
+        recorded.unmapped.mapping_name(),
+        recorded.mapping_config.as_deref().unwrap_or("none"),
+        recorded.export,
+        if differences.is_empty() {
+            String::new()
+        } else {
+            format!(" (ignored as asked: {})", differences.join("; "))
+        }
+    );
+    info!(target: "fmig::report", "{text}");
+    progress::suspend(|| println!("{text}"));
+    Ok(unmapped)
+}
+
 /// One lookup's values from the looked-up table's rows in the source database (or, with
 /// `--against export`, its export file), user ids rewritten and its rows that stay behind left
 /// out, as import computes them from the export.
@@ -520,7 +571,7 @@ async fn lookup_values(
             .iter()
             .enumerate()
             .filter(|(_, c)| map.user_id_columns.contains(&c.name))
-            .map(|(i, c)| (i, map.policy(&c.name, args.unmapped)))
+            .map(|(i, c)| (i, map.policy(&c.name, shared.unmapped)))
             .collect(),
         untouched: pipeline::looked_up_fields(lookup, &columns)?.0,
     };

@@ -801,7 +801,8 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Every file under `dir` (but the log) with a hash of its contents.
+/// Every file under `dir` (but the log, and the lock files that name the last run) with a hash
+/// of its contents.
 fn snapshot(dir: &Path) -> Result<BTreeMap<String, String>, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(), String> {
         for entry in std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))? {
@@ -813,7 +814,7 @@ fn snapshot(dir: &Path) -> Result<BTreeMap<String, String>, String> {
                 .into_owned();
             if path.is_dir() {
                 walk(root, &path, out)?;
-            } else if name != "migration.log" {
+            } else if name != "migration.log" && !name.ends_with(fmig::lock::LOCK_FILE) {
                 let mut file = std::fs::File::open(&path).map_err(|e| format!("{name}: {e}"))?;
                 let mut digest = Sha256::new();
                 let mut buf = vec![0; 1 << 20];
