@@ -266,6 +266,17 @@ fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
     s.cluster.restart();
     let _ = child.wait_with_output().unwrap();
 
+    // Resuming with other choices than the partial import ran with would mix two imports.
+    let other = s.import(&["--unmapped", "keep", "--batch-size", "200"]);
+    assert_eq!(other.code, 2, "{}\n{}", other.stdout, other.stderr);
+    assert!(
+        other
+            .stderr
+            .contains("the partial import in the target ran with other choices (--unmapped: null then, keep now)"),
+        "{}",
+        other.stderr
+    );
+
     s.import(&["--unmapped", "null", "--batch-size", "200"])
         .expect_code(0);
     assert_eq!(

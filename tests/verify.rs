@@ -342,8 +342,16 @@ fn verify_passes_after_a_clean_migration_and_catches_each_injected_defect() {
 fn verify_unmapped_keep_accepts_the_old_ids_import_kept_and_nothing_else() {
     // Half the users have no Stack Auth account: import keeps their old ids.
     let s = setup_with("id::text < '8'", "keep");
-    let (run, report) = s.verify(&["--unmapped", "keep"]);
+    // Without the flag, verify takes the policy the import recorded in the target, and says so.
+    let (run, report) = s.verify(&[]);
     run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("verifying with the import's choices recorded in the target at")
+            && run.stdout.contains("--unmapped keep"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(
         run.stdout.contains("Kept on purpose") && run.stdout.contains("profiles.user_id"),
@@ -353,8 +361,36 @@ fn verify_unmapped_keep_accepts_the_old_ids_import_kept_and_nothing_else() {
     let kept = report.to_string();
     assert!(kept.contains("have no Stack Auth account"), "{report:#}");
 
-    // Verified as if import had written NULL: every kept id is a difference.
+    // A flag that contradicts the recorded choice is refused, naming both...
     let (run, _) = s.verify(&["--unmapped", "null", "--table", "profiles"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("--unmapped: keep then, null now")
+            && run.stderr.contains("--ignore-recorded"),
+        "{}",
+        run.stderr
+    );
+    // ... and so is another column mapping file than the one the import ran with.
+    let edited = format!(
+        "{}\n# edited after the import\n",
+        std::fs::read_to_string(s.work.path().join("fmig.toml")).unwrap()
+    );
+    std::fs::write(s.work.path().join("other.toml"), edited).unwrap();
+    let (run, _) = s.verify(&["--mapping-config", "other.toml", "--table", "profiles"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("column mapping: fmig.toml"),
+        "{}",
+        run.stderr
+    );
+    // Verified as if import had written NULL, when asked: every kept id is a difference.
+    let (run, _) = s.verify(&[
+        "--unmapped",
+        "null",
+        "--ignore-recorded",
+        "--table",
+        "profiles",
+    ]);
     run.expect_code(1);
 
     // An old id that has a mapping but was not rewritten is still a difference.

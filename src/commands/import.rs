@@ -39,8 +39,8 @@ use crate::codec::ColumnKind;
 use crate::column_map::{ColumnMap, ColumnValue, TableMap, Unwritten};
 use crate::connect;
 use crate::copy_text;
-use crate::import_choices::ImportChoices;
 use crate::ident::{QualifiedName, quote_ident, quote_literal};
+use crate::import_choices::ImportChoices;
 use crate::json_rows;
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
@@ -268,7 +268,10 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     }
     // A resumed import keeps the choices it started with: other ones would mix two imports.
     let choices = ImportChoices::current(
-        format!("{} (snapshot {})", metadata.exported_at, metadata.snapshot_id),
+        format!(
+            "{} (snapshot {})",
+            metadata.exported_at, metadata.snapshot_id
+        ),
         &column_map,
         args.unmapped,
     )?;

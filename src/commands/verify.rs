@@ -59,8 +59,8 @@ use crate::column_map::{ColumnMap, ColumnValue, TableMap};
 use crate::connect::{self, ConnectOptions, DbUrl};
 use crate::copy_binary::CopyBinaryParser;
 use crate::files;
-use crate::import_choices::ImportChoices;
 use crate::ident::{QualifiedName, quote_ident};
+use crate::import_choices::ImportChoices;
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
 use crate::metadata::{FileEntry, Metadata};
 use crate::pipeline;
@@ -499,7 +499,11 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
 /// choices the import recorded in the target ([`ImportChoices`]): the recorded ones are the
 /// defaults, and a flag or mapping file that contradicts them is refused unless
 /// `--ignore-recorded`.
-async fn recorded_choices(args: &VerifyArgs, column_map: &ColumnMap, target: &Client) -> Result<Unmapped> {
+async fn recorded_choices(
+    args: &VerifyArgs,
+    column_map: &ColumnMap,
+    target: &Client,
+) -> Result<Unmapped> {
     let Some(recorded) = ImportChoices::read(target).await? else {
         let unmapped = args.unmapped.unwrap_or(Unmapped::Null);
         if args.unmapped.is_none() {
