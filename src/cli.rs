@@ -262,6 +262,12 @@ pub struct ExportArgs {
     #[arg(long, requires = "dry_run")]
     pub json: bool,
 
+    /// With --dry-run: the column mapping file whose decisions settle findings (skip = true for
+    /// a missing table, user_id_columns.remove for a listed column the source lacks). Default:
+    /// ./fmig.toml when it exists.
+    #[arg(long, value_name = "PATH", requires = "dry_run")]
+    pub mapping_config: Option<PathBuf>,
+
     #[command(flatten)]
     pub source: SourceOpts,
     #[command(flatten)]

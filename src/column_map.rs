@@ -1540,7 +1540,15 @@ fn validate_table(
         source_column(column, "user_id_columns.add", problems);
     }
     for column in &config.user_ids_remove {
-        source_column(column, "user_id_columns.remove", problems);
+        // Removing a column of fmig's built-in list that the source lacks acknowledges the
+        // list's mistake; any other name must exist.
+        let listed_only = src.is_some_and(|s| s.column(&column.value).is_none())
+            && config.also_of.is_none()
+            && manifest::find(manifest::builtin(), &config.name.value)
+                .is_some_and(|spec| spec.user_id_columns.contains(&column.value.as_str()));
+        if !listed_only {
+            source_column(column, "user_id_columns.remove", problems);
+        }
     }
 }
 
@@ -2286,6 +2294,31 @@ mod tests {
             .to_string();
         assert!(
             err.contains("table nowhere does not exist in the target"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn removing_a_listed_user_id_column_the_source_lacks_acknowledges_the_list() {
+        let (mut source, target) = logs_pair();
+        let logs = source.tables.get_mut("manual_temperature_logs").unwrap();
+        logs.columns.retain(|c| c.name != "profile_id");
+        let ok = "[tables.manual_temperature_logs]\n\
+                  user_id_columns = { remove = [\"profile_id\"] }\n\
+                  drop = [\"legacy\", \"unit_label\"]\n";
+        parse(ok)
+            .unwrap()
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap();
+        // A name that is neither in the source nor in fmig's list is still a mistake.
+        let wrong = ok.replace("remove = [\"profile_id\"]", "remove = [\"profle_id\"]");
+        let err = parse(&wrong)
+            .unwrap()
+            .validate(manifest::builtin(), &source, &target)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("user_id_columns.remove: source column profle_id does not exist"),
             "{err}"
         );
     }

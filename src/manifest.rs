@@ -161,11 +161,12 @@ pub enum Drift {
 impl Drift {
     pub fn severity(&self) -> Severity {
         match self {
-            Drift::TableMissing { .. }
+            // What breaks the migration and needs a person; what fmig resolves itself (the
+            // order) or what breaks nothing (a listed column that is not there) is a warning.
+            Drift::TableMissing { .. } | Drift::Cycle { .. } => Severity::Error,
+            Drift::UserIdColumnMissing { .. }
             | Drift::OrderViolation { .. }
-            | Drift::Cycle { .. }
-            | Drift::UserIdColumnMissing { .. } => Severity::Error,
-            Drift::TableNotInManifest { .. }
+            | Drift::TableNotInManifest { .. }
             | Drift::LevelDiffers { .. }
             | Drift::SelfReference { .. }
             | Drift::UserIdColumnNotInManifest { .. } => Severity::Warning,

@@ -1901,18 +1901,42 @@ fn user_id_findings(
             rewritten,
         });
         if src.column(c).is_none() {
+            // Nothing to rewrite, so nothing breaks: a warning until the mapping acknowledges
+            // it (the built-in list is a cross-check, not the truth).
             if rewritten {
                 out.push(
                     Pending::fixed(
                         "user_id_column_missing",
                         &[c],
-                        Class::Blocking,
-                        "listed as a user-id column but the source table has no such column".into(),
+                        if added(c) {
+                            Class::Blocking
+                        } else {
+                            Class::Lossy
+                        },
+                        if added(c) {
+                            "added as a user-id column by the mapping, but the source table has \
+                             no such column"
+                                .into()
+                        } else {
+                            "in fmig's built-in user-id list, but the source table has no such \
+                             column: nothing to rewrite; acknowledge it with \
+                             user_id_columns.remove"
+                                .into()
+                        },
                     )
                     .suggest(Some(Suggestion::RemoveUserId {
                         column: column.clone(),
                     })),
                 );
+            } else if removed(c) {
+                out.push(Pending::fixed(
+                    "user_id_column_missing",
+                    &[c],
+                    Class::Ok,
+                    "in fmig's built-in user-id list, absent from the source: acknowledged by \
+                     user_id_columns.remove"
+                        .into(),
+                ));
             }
             continue;
         }

@@ -139,7 +139,7 @@ fn a_missing_table_a_wrong_order_and_an_unlisted_table_are_reported() {
     assert!(
         violations.iter().any(|v| v["table"] == "subscriptions"
             && v["references"] == "units"
-            && v["severity"] == "error"),
+            && v["severity"] == "warning"),
         "{report:#}"
     );
     // The computed order puts subscriptions after units.
@@ -259,4 +259,40 @@ async fn discovery_on_the_target_sees_a_partitioned_table_once() {
         assert_eq!(found.levels[spec.name], spec.level, "{}", spec.name);
     }
     assert!(found.cycles.is_empty());
+}
+
+#[test]
+fn a_listed_user_id_column_the_source_lacks_is_a_warning_the_mapping_acknowledges() {
+    let s = seeded_source();
+    // The built-in list names notification_deliveries.profile_id; this source calls it
+    // otherwise (the column keeps its foreign key, so it is still found as a user-id column).
+    s.cluster.psql(
+        "postgres",
+        "ALTER TABLE public.notification_deliveries RENAME COLUMN profile_id TO recipient_id",
+    );
+    let work = Workdir::new();
+    let env = [("SUPABASE_DB_URL", s.cluster.url("postgres"))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = work.run(&["export", "--dry-run", "--json"], &env);
+    // Nothing breaks: a warning, exit 0.
+    run.expect_code(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let missing = findings_of_kind(&report, "user_id_column_missing");
+    assert_eq!(missing.len(), 1, "{report:#}");
+    assert_eq!(missing[0]["severity"], "warning");
+    assert_eq!(missing[0]["column"], "profile_id");
+
+    // The mapping acknowledges it: the dry run reads ./fmig.toml and says nothing more.
+    std::fs::write(
+        work.path().join("fmig.toml"),
+        "[tables.notification_deliveries]\nuser_id_columns = { remove = [\"profile_id\"] }\n",
+    )
+    .unwrap();
+    let run = work.run(&["export", "--dry-run", "--json"], &env);
+    run.expect_code(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(
+        findings_of_kind(&report, "user_id_column_missing").is_empty(),
+        "{report:#}"
+    );
 }

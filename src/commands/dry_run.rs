@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use crate::Outcome;
 use crate::catalog::{self, Discovered};
 use crate::cli::ExportArgs;
+use crate::column_map::ColumnMap;
 use crate::connect;
 use crate::ident::QualifiedName;
 use crate::manifest::{self, APP_SCHEMA, Drift, Severity, TableSpec};
@@ -104,9 +105,19 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     spinner.finish_and_clear();
 
     let filtered = selected.len() < manifest.len();
+    // Decisions already made in the column mapping settle their findings.
+    let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
+    let settled = |d: &Drift| match d {
+        Drift::TableMissing { table } => column_map.is_skipped(table),
+        Drift::UserIdColumnMissing { table, column } => column_map
+            .table(table)
+            .is_some_and(|t| t.user_ids_remove.iter().any(|r| r.value == *column)),
+        _ => false,
+    };
     let findings: Vec<Finding> = manifest::compare(manifest, &found)
         .into_iter()
         .filter(|d| !filtered || concerns_selected(d, &selected))
+        .filter(|d| !settled(d))
         .map(|drift| Finding {
             severity: drift.severity(),
             message: drift.message(),
