@@ -1274,8 +1274,8 @@ async fn table_findings(
             Unwritten::Missing => {
                 let suggestion = renames
                     .iter()
-                    .find(|(_, to)| to == c)
-                    .map(|(from, to)| Suggestion::Rename {
+                    .find(|(_, to, _)| to == c)
+                    .map(|(from, to, _)| Suggestion::Rename {
                         from: from.clone(),
                         to: to.clone(),
                     })
@@ -1322,17 +1322,17 @@ async fn table_findings(
         ));
     }
     for c in &map.unmapped {
-        let suggestion = renames
-            .iter()
-            .find(|(from, _)| from == c)
-            .map(|(from, to)| Suggestion::Rename {
+        let guess = renames.iter().find(|(from, _, _)| from == c);
+        let suggestion = guess
+            .map(|(from, to, _)| Suggestion::Rename {
                 from: from.clone(),
                 to: to.clone(),
             })
             .unwrap_or_else(|| Suggestion::Drop { column: c.clone() });
-        let hint = match &suggestion {
-            Suggestion::Rename { to, .. } => format!(
-                "the target has {to} instead, which may be it renamed: rename it, or drop it"
+        let hint = match guess {
+            Some((_, to, evidence)) => format!(
+                "the target has {to} instead, which may be it renamed ({evidence}): rename it, \
+                 or drop it"
             ),
             _ => "drop it to leave the data behind on purpose, or rename it to a target column"
                 .into(),
@@ -1536,8 +1536,25 @@ fn rename_candidates(
     src: &TableInfo,
     tgt: &TableInfo,
     map: &TableMap,
-) -> Vec<(String, String)> {
-    let target_only: Vec<&str> = map
+) -> Vec<(String, String, String)> {
+    let references = |found: &Discovered, table: &str, column: &str| {
+        found
+            .foreign_keys
+            .iter()
+            .find(|fk| fk.table == table && fk.columns.len() == 1 && fk.columns[0] == column)
+            .map(|fk| fk.references.clone())
+    };
+    let source_only: Vec<RenameSide> = map
+        .unmapped
+        .iter()
+        .filter_map(|c| src.column(c))
+        .map(|c| RenameSide {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            references: references(&inputs.source.found, &src.name, &c.name),
+        })
+        .collect();
+    let target_only: Vec<RenameSide> = map
         .unwritten
         .iter()
         .filter(|u| {
@@ -1546,23 +1563,202 @@ fn rename_candidates(
                 Unwritten::Missing | Unwritten::Null | Unwritten::Default { .. }
             ) && src.column(&u.name).is_none()
         })
-        .map(|u| u.name.as_str())
+        .filter_map(|u| tgt.column(&u.name))
+        .map(|c| RenameSide {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            references: references(&inputs.target.found, &tgt.name, &c.name),
+        })
         .collect();
-    let (Some(from), Some(to)) = (map.unmapped.first(), target_only.first()) else {
-        return Vec::new();
-    };
-    if map.unmapped.len() != 1 || target_only.len() != 1 {
-        return Vec::new();
+    guess_renames(&source_only, &target_only, |from, to| {
+        let (Some(scol), Some(tcol)) = (src.column(from), tgt.column(to)) else {
+            return false;
+        };
+        let s = inputs.source.shape(&src.name, scol);
+        let t = inputs.target.shape(&tgt.name, tcol);
+        !matches!(compare_shapes(&s.shape, &t.shape, "x"), Verdict::Probe)
+    })
+}
+
+/// A column only one side has, as the rename guesser sees it.
+#[derive(Clone, Debug)]
+struct RenameSide {
+    name: String,
+    type_name: String,
+    /// The table its single-column foreign key references.
+    references: Option<String>,
+}
+
+/// Guesses at the score a pair needs to be suggested (see [`rename_score`]).
+const RENAME_THRESHOLD: f64 = 0.6;
+
+/// Source-only columns paired one-to-one with target-only ones that may be them renamed, best
+/// first, each with its evidence: (from, to, evidence). `compatible` says whether a value of
+/// `from` can be copied into `to` at all; pairs that cannot are never guessed.
+fn guess_renames(
+    source_only: &[RenameSide],
+    target_only: &[RenameSide],
+    compatible: impl Fn(&str, &str) -> bool,
+) -> Vec<(String, String, String)> {
+    let mut scored = Vec::new();
+    for s in source_only {
+        for t in target_only {
+            if !compatible(&s.name, &t.name) {
+                continue;
+            }
+            let (score, evidence) = rename_score(s, t, source_only, target_only);
+            if score >= RENAME_THRESHOLD {
+                scored.push((score, s.name.clone(), t.name.clone(), evidence));
+            }
+        }
     }
-    let (Some(scol), Some(tcol)) = (src.column(from), tgt.column(to)) else {
-        return Vec::new();
-    };
-    let s = inputs.source.shape(&src.name, scol);
-    let t = inputs.target.shape(&tgt.name, tcol);
-    match compare_shapes(&s.shape, &t.shape, "x") {
-        Verdict::Probe => Vec::new(),
-        _ => vec![(from.clone(), to.to_string())],
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut taken_from = BTreeSet::new();
+    let mut taken_to = BTreeSet::new();
+    let mut out = Vec::new();
+    for (_, from, to, evidence) in scored {
+        if taken_from.contains(&from) || taken_to.contains(&to) {
+            continue;
+        }
+        taken_from.insert(from.clone());
+        taken_to.insert(to.clone());
+        out.push((from, to, evidence));
     }
+    out
+}
+
+/// The words of a column name, lower-cased, plurals made singular (`alert_rules_id` ->
+/// alert, rule, id).
+fn name_words(name: &str) -> Vec<String> {
+    name.to_lowercase()
+        .split('_')
+        .filter(|w| !w.is_empty())
+        .map(|w| match w.strip_suffix('s') {
+            Some(stem) if w.len() > 3 && !w.ends_with("ss") => stem.to_string(),
+            _ => w.to_string(),
+        })
+        .collect()
+}
+
+/// The words that say what kind of column it is rather than what it holds.
+const KIND_WORDS: [&str; 4] = ["id", "at", "on", "by"];
+/// Words that name a point in time, like an `_at` or `_on` suffix.
+const TIME_WORDS: [&str; 4] = ["timestamp", "time", "date", "datetime"];
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let current = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                previous
+            } else {
+                1 + previous.min(row[j]).min(row[j + 1])
+            };
+            previous = current;
+        }
+    }
+    row[b.len()]
+}
+
+/// How likely `t` is `s` renamed, from 0, with the reasons: the better of name likeness (edit
+/// distance) and shared words (all of one name's words in the other counts extra), plus the
+/// same kind suffix (`_id`, `_at`, or a time word against a time suffix), the same type, the
+/// only column of its type on each side, and foreign keys to the same table.
+fn rename_score(
+    s: &RenameSide,
+    t: &RenameSide,
+    source_only: &[RenameSide],
+    target_only: &[RenameSide],
+) -> (f64, String) {
+    let mut evidence = Vec::new();
+    let (sw, tw) = (name_words(&s.name), name_words(&t.name));
+    let core = |words: &[String]| -> BTreeSet<String> {
+        words
+            .iter()
+            .filter(|w| !KIND_WORDS.contains(&w.as_str()))
+            .cloned()
+            .collect()
+    };
+    let (sc, tc) = (core(&sw), core(&tw));
+    let distance = levenshtein(&s.name.to_lowercase(), &t.name.to_lowercase());
+    let longest = s.name.chars().count().max(t.name.chars().count()).max(1);
+    let alike = 1.0 - distance as f64 / longest as f64;
+    let shared: Vec<&String> = sc.intersection(&tc).collect();
+    let union = sc.union(&tc).count();
+    let mut words = if union == 0 {
+        0.0
+    } else {
+        shared.len() as f64 / union as f64
+    };
+    if !shared.is_empty() && (sc.is_subset(&tc) || tc.is_subset(&sc)) {
+        words += 0.3;
+    }
+    let mut score = if words >= alike && !shared.is_empty() {
+        evidence.push(format!(
+            "shares the word{} {}",
+            if shared.len() > 1 { "s" } else { "" },
+            shared
+                .iter()
+                .map(|w| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        words
+    } else {
+        if alike >= 0.5 {
+            evidence.push(format!("names alike (edit distance {distance})"));
+        }
+        alike
+    };
+    let kind = |words: &[String]| -> Option<&'static str> {
+        let last = words.last()?.as_str();
+        if KIND_WORDS.contains(&last) {
+            Some(match last {
+                "at" | "on" => "a time",
+                "id" => "an id",
+                _ => "a by",
+            })
+        } else if TIME_WORDS.contains(&last) {
+            Some("a time")
+        } else {
+            None
+        }
+    };
+    if let (Some(a), Some(b)) = (kind(&sw), kind(&tw))
+        && a == b
+    {
+        score += 0.2;
+        evidence.push(format!("both name {a}"));
+    }
+    if s.type_name == t.type_name {
+        score += 0.2;
+        evidence.push(format!("both {}", s.type_name));
+        let alone = source_only
+            .iter()
+            .filter(|c| c.type_name == s.type_name)
+            .count()
+            == 1
+            && target_only
+                .iter()
+                .filter(|c| c.type_name == t.type_name)
+                .count()
+                == 1;
+        if alone {
+            score += 0.2;
+            evidence.push(format!("the only {} column on each side", s.type_name));
+        }
+    }
+    if let (Some(a), Some(b)) = (&s.references, &t.references)
+        && a == b
+    {
+        score += 0.3;
+        evidence.push(format!("both reference {a}"));
+    }
+    (score, evidence.join("; "))
 }
 
 /// The checks of one source column copied (or replaced by an expression) into one target
@@ -2497,6 +2693,93 @@ fn schema_findings(inputs: &Inputs<'_>, maps: &BTreeMap<&str, TableMap>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn side(name: &str, type_name: &str, references: Option<&str>) -> RenameSide {
+        RenameSide {
+            name: name.into(),
+            type_name: type_name.into(),
+            references: references.map(String::from),
+        }
+    }
+
+    fn guesses(source: &[RenameSide], target: &[RenameSide]) -> Vec<(String, String)> {
+        guess_renames(source, target, |_, _| true)
+            .into_iter()
+            .map(|(from, to, evidence)| {
+                assert!(!evidence.is_empty(), "{from} -> {to} without evidence");
+                (from, to)
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renames_are_guessed_from_words_suffixes_types_and_keys_one_to_one() {
+        // The renames the real rewrite made, each among columns that are no rename.
+        let tz = "timestamp with time zone";
+        assert_eq!(
+            guesses(
+                &[
+                    side("battery_level", "smallint", None),
+                    side("legacy_flag", "boolean", None)
+                ],
+                &[
+                    side("battery", "smallint", None),
+                    side("firmware_channel", "text", None)
+                ],
+            ),
+            pairs(&[("battery_level", "battery")])
+        );
+        assert_eq!(
+            guesses(
+                &[side("alert_rules_id", "uuid", Some("alert_rules"))],
+                &[side("alert_rule_id", "uuid", Some("alert_rules"))],
+            ),
+            pairs(&[("alert_rules_id", "alert_rule_id")])
+        );
+        assert_eq!(
+            guesses(
+                &[
+                    side("event_hash", "text", None),
+                    side("occurred_at", tz, None)
+                ],
+                &[side("hash", "text", None), side("timestamp", tz, None)],
+            ),
+            pairs(&[("event_hash", "hash"), ("occurred_at", "timestamp")])
+        );
+        assert_eq!(
+            guesses(
+                &[side("logged_at", tz, None), side("legacy", "text", None)],
+                &[
+                    side("recorded_at", tz, None),
+                    side("temp_unit", "text", None)
+                ],
+            ),
+            pairs(&[("logged_at", "recorded_at")])
+        );
+        // One-to-one: the better pair wins, the other column is not paired twice.
+        assert_eq!(
+            guesses(
+                &[side("created_at", tz, None), side("updated_at", tz, None)],
+                &[side("created_on", tz, None)],
+            ),
+            pairs(&[("created_at", "created_on")])
+        );
+        // A pair the types cannot carry is never guessed.
+        assert!(
+            guess_renames(
+                &[side("battery_level", "smallint", None)],
+                &[side("battery", "text", None)],
+                |_, _| false
+            )
+            .is_empty()
+        );
+    }
 
     fn class_of(v: &Verdict) -> &'static str {
         match v {

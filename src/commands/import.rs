@@ -283,7 +283,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         let differences = recorded.differences(&choices);
         if !differences.is_empty() {
             refusals.push(format!(
-                "the partial import in the target ran with other choices ({}); resume with the \
+                "the import in the target ran with other choices ({}); resume or re-run with the \
                  same ones",
                 differences.join("; ")
             ));
