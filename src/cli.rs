@@ -294,6 +294,12 @@ pub struct PlanArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// List every difference one per line, the ones that need nothing too, and every user-id
+    /// column. By default a lossy pattern repeated over 3 or more columns is one line with the
+    /// counts added up, and what needs nothing is counted (the JSON always has everything).
+    #[arg(long)]
+    pub all: bool,
+
     #[command(flatten)]
     pub source: SourceOpts,
     #[command(flatten)]

@@ -66,6 +66,13 @@ pub struct Finding {
     /// The mapping entry that would settle it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggestion: Option<Suggestion>,
+    /// The message without its counts, and the counts with their labels: what the text report
+    /// needs to add up a pattern repeated over many columns (the JSON has `message` and
+    /// `counts`).
+    #[serde(skip)]
+    pub head: String,
+    #[serde(skip)]
+    pub parts: Vec<(i64, String)>,
 }
 
 /// One manifest table's comparison.
@@ -126,6 +133,8 @@ impl Comparison {
                 ),
                 counts: BTreeMap::new(),
                 suggestion: None,
+                head: String::new(),
+                parts: Vec::new(),
             };
             match self.tables.iter_mut().find(|t| t.table == table) {
                 Some(t) => t.findings.insert(0, finding),
@@ -781,17 +790,20 @@ impl Pending {
     fn finish(self, counts: &BTreeMap<String, i64>) -> Finding {
         let mut class = self.base;
         let mut parts = Vec::new();
+        let mut counted = Vec::new();
         let mut measured = BTreeMap::new();
         for m in &self.measures {
             let n = counts.get(&m.sql).copied().unwrap_or(0);
             measured.insert(m.key.to_string(), n);
             parts.push(format!("{n} {}", m.label));
+            counted.push((n, m.label.clone()));
             match m.effect {
                 Effect::Fails if n > 0 => class = Class::Blocking,
                 Effect::Changes if n > 0 => class = class.max(Class::Lossy),
                 _ => {}
             }
         }
+        let head = self.head.clone();
         let mut message = self.head;
         if !parts.is_empty() {
             if !message.is_empty() {
@@ -800,6 +812,7 @@ impl Pending {
             message.push_str(&parts.join("; "));
         }
         let mut suggestion = self.suggestion;
+        let settled = self.settled_by.is_some();
         if let Some(expression) = self.settled_by {
             class = Class::Ok;
             suggestion = None;
@@ -814,6 +827,8 @@ impl Pending {
             message,
             counts: measured,
             suggestion,
+            head: if settled { String::new() } else { head },
+            parts: if settled { Vec::new() } else { counted },
         }
     }
 }
@@ -1299,6 +1314,22 @@ async fn table_findings(
 
     // Source columns that are not copied.
     for c in &map.dropped {
+        // A value that moved to another table: dropped here, taken there by a lookup.
+        let taken_by = maps.values().find_map(|m| {
+            m.lookups
+                .iter()
+                .find(|l| l.table == map.source_table && l.take == *c)
+                .map(|l| format!("{}.{}", m.target_table, l.target_column))
+        });
+        if let Some(there) = taken_by {
+            out.push(Pending::fixed(
+                "dropped_column",
+                &[c],
+                Class::Ok,
+                format!("dropped here; its values move to {there} (a lookup)"),
+            ));
+            continue;
+        }
         out.push(Pending {
             kind: "dropped_column",
             columns: vec![c.clone()],
@@ -2481,6 +2512,10 @@ fn foreign_key_findings(
         if from_user_column {
             continue;
         }
+        // Nothing is written to the key's columns: they stay NULL, which no key rejects.
+        if fk.columns.iter().all(|c| map.column(c).is_none()) {
+            continue;
+        }
         // Set by a lookup that takes the referenced column of the referenced table's rows that
         // move: every value written exists there (or is NULL).
         let by_lookup = match (fk.columns.as_slice(), fk.referenced_columns.as_slice()) {
@@ -2559,6 +2594,8 @@ fn schema_findings(inputs: &Inputs<'_>, maps: &BTreeMap<&str, TableMap>) -> Vec<
         message,
         counts: BTreeMap::new(),
         suggestion: None,
+        head: String::new(),
+        parts: Vec::new(),
     };
     let target = &inputs.target.found;
 

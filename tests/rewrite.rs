@@ -225,8 +225,19 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
     );
 
     // plan: exits 0 with the mapping; the new keys are reported, nothing blocks.
-    let plan = r.run(&["plan"]);
+    // By default the report fits on one screen: what needs reading, the rest counted.
+    let short = r.run(&["plan"]);
+    assert_eq!(short.code, 0, "plan: {}\n{}", short.stdout, short.stderr);
+    assert!(short.stdout.lines().count() <= 50, "{}", short.stdout);
+    assert!(
+        short.stdout.contains("Differences that need nothing: ")
+            && short.stdout.contains("fmig plan --all lists them"),
+        "{}",
+        short.stdout
+    );
+    let plan = r.run(&["plan", "--all"]);
     assert_eq!(plan.code, 0, "plan: {}\n{}", plan.stdout, plan.stderr);
+    assert!(plan.stdout.lines().count() > short.stdout.lines().count());
     let readings_left =
         r.source("SELECT count(*) FROM public.sensor_readings WHERE temperature IS NULL");
     let line = plan

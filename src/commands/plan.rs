@@ -7,6 +7,7 @@
 //! run. Exit 1 while anything is blocking; `--write-template` writes a commented starting
 //! mapping with one entry per difference.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -315,11 +316,16 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
         ("difference", Align::Left),
     ]);
     let mut rows = 0;
-    for t in &report.comparison.tables {
-        for f in t.findings.iter().filter(|f| f.class != Class::Ok) {
-            table.row(finding_row(&t.table, f));
-            rows += 1;
-        }
+    let needing: Vec<(&str, &Finding)> = report
+        .comparison
+        .tables
+        .iter()
+        .flat_map(|t| t.findings.iter().map(move |f| (t.table.as_str(), f)))
+        .filter(|(_, f)| f.class != Class::Ok)
+        .collect();
+    for row in grouped_rows(&needing, args.all) {
+        table.row(row);
+        rows += 1;
     }
     for f in report
         .comparison
@@ -342,11 +348,13 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
         ("checked, fine", Align::Left),
     ]);
     let mut same = Vec::new();
+    let mut fine: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &report.comparison.tables {
         if t.findings.is_empty() {
             same.push(t.table.as_str());
         }
         for f in t.findings.iter().filter(|f| f.class == Class::Ok) {
+            *fine.entry(f.kind).or_default() += 1;
             ok.row(vec![
                 t.table.clone(),
                 f.columns.join(", "),
@@ -360,10 +368,23 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
         .iter()
         .filter(|f| f.class == Class::Ok)
     {
+        *fine.entry(f.kind).or_default() += 1;
         ok.row(vec!["(schema)".into(), String::new(), f.message.clone()]);
     }
-    out.push_str("Differences that need nothing:\n\n");
-    out.push_str(&ok.render());
+    if args.all {
+        out.push_str("Differences that need nothing:\n\n");
+        out.push_str(&ok.render());
+    } else {
+        let kinds: Vec<String> = fine
+            .iter()
+            .map(|(kind, n)| format!("{n} {}", kind.replace('_', " ")))
+            .collect();
+        out.push_str(&format!(
+            "Differences that need nothing: {} ({}); fmig plan --all lists them.\n",
+            fine.values().sum::<usize>(),
+            kinds.join(", ")
+        ));
+    }
     if !same.is_empty() {
         out.push_str(&format!(
             "\nNo difference at all ({} tables): {}\n",
@@ -380,7 +401,13 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
         ("mapping", Align::Left),
         ("rewritten", Align::Left),
     ]);
+    let mut rewritten = Vec::new();
     for u in &report.comparison.user_id_columns {
+        // By default only the columns that are not rewritten get a line.
+        if !args.all && u.rewritten {
+            rewritten.push(format!("{}.{}", u.table, u.column));
+            continue;
+        }
         let yes = |b: bool| if b { "yes" } else { "-" }.to_string();
         users.row(vec![
             format!("{}.{}", u.table, u.column),
@@ -393,8 +420,20 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
             if u.rewritten { "yes" } else { "NO" }.to_string(),
         ]);
     }
-    out.push_str("\nUser-id columns (old auth.users ids, rewritten to Stack Auth ids):\n\n");
-    out.push_str(&users.render());
+    if args.all {
+        out.push_str("\nUser-id columns (old auth.users ids, rewritten to Stack Auth ids):\n\n");
+        out.push_str(&users.render());
+    } else {
+        out.push_str(&format!(
+            "\nUser-id columns rewritten to Stack Auth ids ({}): {}\n",
+            rewritten.len(),
+            rewritten.join(", ")
+        ));
+        if rewritten.len() < report.comparison.user_id_columns.len() {
+            out.push_str("Not rewritten:\n\n");
+            out.push_str(&users.render());
+        }
+    }
 
     let s = &report.summary;
     out.push_str(&format!(
@@ -426,6 +465,87 @@ fn render(report: &PlanReport, args: &PlanArgs) -> String {
     out
 }
 
+/// Lines a lossy pattern repeated over this many columns share (without --all).
+const GROUP_AT: usize = 3;
+
+/// The rows of the "needs a decision" table: blocking ones one by one; lossy ones with the same
+/// kind and the same difference (counts aside) over [`GROUP_AT`] or more columns as one row,
+/// the counts added up, unless `all`.
+fn grouped_rows(findings: &[(&str, &Finding)], all: bool) -> Vec<Vec<String>> {
+    let mut groups: BTreeMap<(&str, &str), Vec<(&str, &Finding)>> = BTreeMap::new();
+    for &(table, f) in findings {
+        if f.class == Class::Lossy && !f.head.is_empty() {
+            groups
+                .entry((f.kind, f.head.as_str()))
+                .or_default()
+                .push((table, f));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut done = BTreeSet::new();
+    for &(table, f) in findings {
+        let key = (f.kind, f.head.as_str());
+        let group = groups.get(&key).filter(|g| !all && g.len() >= GROUP_AT);
+        let Some(group) = group else {
+            rows.push(finding_row(table, f));
+            continue;
+        };
+        if !done.insert(key) {
+            continue;
+        }
+        // Counts with the same label add up.
+        let mut totals: Vec<(i64, String)> = Vec::new();
+        for (_, g) in group {
+            for (n, label) in &g.parts {
+                match totals.iter_mut().find(|(_, l)| l == label) {
+                    Some(total) => total.0 += n,
+                    None => totals.push((*n, label.clone())),
+                }
+            }
+        }
+        let places: Vec<String> = group
+            .iter()
+            .map(|(t, g)| format!("{t}.{}", g.columns.join("/")))
+            .collect();
+        let shown = places
+            .iter()
+            .take(4)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = places.len().saturating_sub(4);
+        let mut message = f.head.clone();
+        if !totals.is_empty() {
+            message.push_str(": ");
+            message.push_str(
+                &totals
+                    .iter()
+                    .map(|(n, label)| format!("{n} {label}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        message.push_str(&format!(
+            " (in {shown}{})",
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+        rows.push(vec![
+            f.class.label().to_string(),
+            format!(
+                "{} tables",
+                group.iter().map(|(t, _)| *t).collect::<BTreeSet<_>>().len()
+            ),
+            format!("{} columns", group.len()),
+            message,
+        ]);
+    }
+    rows
+}
+
 fn finding_row(table: &str, f: &Finding) -> Vec<String> {
     vec![
         f.class.label().to_string(),
@@ -433,4 +553,67 @@ fn finding_row(table: &str, f: &Finding) -> Vec<String> {
         f.columns.join(", "),
         f.message.clone(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lossy(kind: &'static str, column: &str, head: &str, parts: &[(i64, &str)]) -> Finding {
+        Finding {
+            class: Class::Lossy,
+            kind,
+            columns: vec![column.into()],
+            message: format!("{head}: ..."),
+            counts: BTreeMap::new(),
+            suggestion: None,
+            head: head.into(),
+            parts: parts.iter().map(|(n, l)| (*n, l.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_lossy_pattern_over_three_columns_is_one_row_with_the_counts_added_up() {
+        let tz = "timestamp with time zone -> timestamp(3) without time zone";
+        let a = lossy(
+            "type_changed",
+            "created_at",
+            tz,
+            &[(10, "values are rounded")],
+        );
+        let b = lossy(
+            "type_changed",
+            "updated_at",
+            tz,
+            &[(5, "values are rounded")],
+        );
+        let c = lossy("type_changed", "seen_at", tz, &[(1, "values are rounded")]);
+        let other = lossy(
+            "jsonb_to_text",
+            "config",
+            "jsonb -> text",
+            &[(2, "documents")],
+        );
+        let findings = vec![
+            ("sites", &a),
+            ("hubs", &b),
+            ("ttn_connections", &other),
+            ("units", &c),
+        ];
+        let rows = grouped_rows(&findings, false);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0][1], "3 tables");
+        assert_eq!(rows[0][2], "3 columns");
+        assert!(
+            rows[0][3].starts_with(&format!(
+                "{tz}: 16 values are rounded (in sites.created_at, hubs.updated_at, units.seen_at)"
+            )),
+            "{}",
+            rows[0][3]
+        );
+        assert_eq!(rows[1][1], "ttn_connections");
+        // --all: one row per finding; two of a kind are not grouped.
+        assert_eq!(grouped_rows(&findings, true).len(), 4);
+        assert_eq!(grouped_rows(&findings[..2], false).len(), 2);
+    }
 }
