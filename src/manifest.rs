@@ -79,6 +79,55 @@ pub fn builtin() -> &'static [TableSpec] {
     &FRESHTRACK
 }
 
+/// The tables fmig migrates from a source whose catalog is `source`: the built-in list, then
+/// every other table of the application schema, in name order, which migrates like a listed
+/// one (its level computed from foreign keys, its user-id columns found by their foreign keys
+/// or named in the mapping) unless the mapping says `skip = true`. The built-in list is what
+/// the team expects; [`compare`] reports where the catalog disagrees with it.
+///
+/// The list lives for the rest of the process (one per command run, a few dozen names).
+pub fn effective(source: &Discovered) -> &'static [TableSpec] {
+    let extra: Vec<&String> = source
+        .tables
+        .keys()
+        .filter(|name| find(&FRESHTRACK, name).is_none())
+        .collect();
+    if extra.is_empty() {
+        return &FRESHTRACK;
+    }
+    // One leaked list per distinct set of tables, however often a command asks.
+    static LISTS: std::sync::Mutex<Vec<&'static [TableSpec]>> = std::sync::Mutex::new(Vec::new());
+    let mut lists = LISTS.lock().expect("manifest lists");
+    let same = |list: &&'static [TableSpec]| {
+        list.len() == FRESHTRACK.len() + extra.len()
+            && list[FRESHTRACK.len()..]
+                .iter()
+                .zip(&extra)
+                .all(|(spec, name)| spec.name == name.as_str())
+    };
+    if let Some(list) = lists.iter().find(|l| same(l)) {
+        return list;
+    }
+    let mut specs = FRESHTRACK.to_vec();
+    for name in extra {
+        let name: &'static str = Box::leak(name.clone().into_boxed_str());
+        specs.push(TableSpec {
+            name,
+            level: source.levels.get(name).copied().unwrap_or(0),
+            user_id_columns: &[],
+            large: false,
+        });
+    }
+    let list: &'static [TableSpec] = Box::leak(specs.into_boxed_slice());
+    lists.push(list);
+    list
+}
+
+/// Whether a table is one of the built-in list (not discovered).
+pub fn is_builtin(name: &str) -> bool {
+    find(&FRESHTRACK, name).is_some()
+}
+
 /// Looks a table up by name in a manifest.
 pub fn find<'a>(manifest: &'a [TableSpec], name: &str) -> Option<&'a TableSpec> {
     manifest.iter().find(|t| t.name == name)
@@ -182,8 +231,8 @@ impl Drift {
                  check the database name in the URL, or that the schema was created"
             ),
             Drift::TableNotInManifest { table } => format!(
-                "table {table} exists in the database but is not in fmig's manifest: \
-                 its rows will NOT be migrated"
+                "table {table} exists in the database but is not in fmig's built-in list: it is \
+                 migrated too (discovered), unless the column mapping says skip = true"
             ),
             Drift::OrderViolation {
                 table,

@@ -760,18 +760,12 @@ pub async fn check_mapping(
         .start()
         .await
         .context("could not open a read-only transaction on the target")?;
+    let specs = crate::manifest::effective(source);
     let mut checked = column_map
-        .check_expressions(crate::manifest::builtin(), source, target, &mut tx)
+        .check_expressions(specs, source, target, &mut tx)
         .await;
     if checked.is_ok() {
-        checked = check_statements(
-            column_map,
-            crate::manifest::builtin(),
-            source,
-            target,
-            &mut tx,
-        )
-        .await;
+        checked = check_statements(column_map, specs, source, target, &mut tx).await;
     }
     tx.rollback().await?;
     checked.map_err(|e| {

@@ -1136,7 +1136,37 @@ async fn table_findings(
             .suggest(Some(Suggestion::Skip)),
         );
     }
-    if tgt.is_none() {
+    let discovered = also.is_none() && !manifest::is_builtin(name);
+    if discovered && src.is_some() {
+        out.push(Pending::fixed(
+            "discovered_table",
+            &[],
+            Class::Ok,
+            "not in fmig's built-in list: found in the source, migrated like a listed table \
+             (skip = true leaves it out)"
+                .into(),
+        ));
+    }
+    if tgt.is_none() && discovered && src.is_some() {
+        // Only rows make it matter: an empty table with nowhere to go is left out.
+        out.push(Pending {
+            kind: "table_missing_in_target",
+            columns: Vec::new(),
+            head: format!(
+                "table {target_name} does not exist in the target: skip it (skip = true) or name \
+                 its target table (target = \"...\")"
+            ),
+            base: Class::Ok,
+            measures: vec![Measure {
+                key: "rows",
+                label: "rows would not be migrated (an empty table is left out by itself)".into(),
+                sql: "count(*)".into(),
+                effect: Effect::Fails,
+            }],
+            suggestion: Some(Suggestion::Skip),
+            settled_by: None,
+        });
+    } else if tgt.is_none() {
         out.push(
             Pending::fixed(
                 "table_missing_in_target",

@@ -238,6 +238,63 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
     let plan = r.run(&["plan", "--all"]);
     assert_eq!(plan.code, 0, "plan: {}\n{}", plan.stdout, plan.stderr);
     assert!(plan.stdout.lines().count() > short.stdout.lines().count());
+    assert!(
+        plan.stdout
+            .lines()
+            .any(|l| l.starts_with("gateways ") && l.contains("not in fmig's built-in list")),
+        "{}",
+        plan.stdout
+    );
+    // A source-only table with rows blocks until the mapping decides; an empty one does not.
+    let mapping = std::fs::read_to_string(r.work.path().join("fmig.toml")).unwrap();
+    std::fs::write(
+        r.work.path().join("undecided.toml"),
+        mapping
+            .replace("[tables.legacy_audit]\n", "")
+            .replacen("skip = true\n", "", 1),
+    )
+    .unwrap();
+    let undecided = r.run(&["plan", "--mapping-config", "undecided.toml"]);
+    assert_eq!(
+        undecided.code, 1,
+        "{}\n{}",
+        undecided.stdout, undecided.stderr
+    );
+    let line = undecided
+        .stdout
+        .lines()
+        .find(|l| l.contains("legacy_audit"))
+        .unwrap_or_else(|| panic!("{}", undecided.stdout));
+    assert!(
+        line.starts_with("BLOCKING") && line.contains("2 rows would not be migrated"),
+        "{line}"
+    );
+    assert!(
+        !undecided
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("BLOCKING") && l.contains("scratch")),
+        "{}",
+        undecided.stdout
+    );
+    let refused = r.run(&[
+        "import",
+        "--input-dir",
+        "out",
+        "--unmapped",
+        "null",
+        "--mapping-config",
+        "undecided.toml",
+    ]);
+    assert_eq!(refused.code, 2, "{}\n{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("legacy_audit: 2 rows, and the target has no table legacy_audit")
+            && refused.stderr.contains("nothing was written"),
+        "{}",
+        refused.stderr
+    );
     let readings_left =
         r.source("SELECT count(*) FROM public.sensor_readings WHERE temperature IS NULL");
     let line = plan
@@ -367,6 +424,33 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         );
     }
 
+    // A table outside fmig's built-in list, in both schemas: migrated, its installer rewritten
+    // (NULL for a user who is not migrated); the source-only ones are not carried over.
+    let gateways = r.lines(
+        SOURCE,
+        "SELECT id || '|' || serial || '|' || coalesce(installed_by::text, '') FROM public.gateways",
+    );
+    assert!(!gateways.is_empty());
+    let expected: BTreeSet<String> = gateways
+        .iter()
+        .map(|l| {
+            let (rest, user) = l.rsplit_once('|').unwrap();
+            let new = r.mapped.get(user).cloned().unwrap_or_default();
+            format!("{rest}|{new}")
+        })
+        .collect();
+    assert_eq!(
+        r.lines(
+            TARGET,
+            "SELECT id || '|' || serial || '|' || coalesce(installed_by::text, '') FROM public.gateways"
+        ),
+        expected
+    );
+    assert!(
+        expected.iter().any(|l| !l.ends_with('|')),
+        "no installer migrated"
+    );
+
     // One table into two: each sensor without a device is a devices row too, made from the
     // sensor as the mapping says; every sensor points at its device; the devices of the source
     // are all there, and nothing else.
@@ -472,6 +556,17 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
             "{ttn:#}"
         );
         assert!(run.stdout.contains("webhook_secret"), "{}", run.stdout);
+        let gateways = report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == "gateways")
+            .unwrap_or_else(|| panic!("the discovered table is not verified"));
+        assert_eq!(gateways["status"], "ok", "{gateways:#}");
+        assert!(
+            !report.to_string().contains("legacy_audit") && !report.to_string().contains("scratch"),
+            "{report:#}"
+        );
         // The split is verified per unit: each compares the devices rows it writes.
         let split = report["tables"]
             .as_array()

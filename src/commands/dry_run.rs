@@ -71,8 +71,11 @@ pub struct Finding {
 
 pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     let url = args.source.url()?;
-    let manifest = manifest::builtin();
-    let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
+    if args.tables.iter().all(|t| manifest::is_builtin(t)) {
+        manifest::select(manifest::builtin(), &args.tables, args.skip_large)?;
+    }
+    // Decisions already made in the column mapping settle their findings.
+    let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
 
     let spinner = progress::spinner(&format!("connecting to {}", url.host));
     let mut client = connect::connect(&url, &args.connect.options()).await?;
@@ -87,9 +90,12 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
 
     spinner.set_message("reading the catalog");
     let found = catalog::discover(&tx, APP_SCHEMA).await?;
+    // What export writes: the built-in list and the tables discovered beside it.
+    let manifest = manifest::effective(&found);
+    let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
     let mut tables = Vec::new();
     for (level, spec) in manifest::import_order(manifest, &found) {
-        if !selected.contains(spec.name) {
+        if !selected.contains(spec.name) || column_map.is_skipped(spec.name) {
             continue;
         }
         spinner.set_message(format!("counting {}", spec.name));
@@ -105,16 +111,16 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
     spinner.finish_and_clear();
 
     let filtered = selected.len() < manifest.len();
-    // Decisions already made in the column mapping settle their findings.
-    let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
     let settled = |d: &Drift| match d {
-        Drift::TableMissing { table } => column_map.is_skipped(table),
+        Drift::TableMissing { table } | Drift::TableNotInManifest { table } => {
+            column_map.is_skipped(table)
+        }
         Drift::UserIdColumnMissing { table, column } => column_map
             .table(table)
             .is_some_and(|t| t.user_ids_remove.iter().any(|r| r.value == *column)),
         _ => false,
     };
-    let findings: Vec<Finding> = manifest::compare(manifest, &found)
+    let findings: Vec<Finding> = manifest::compare(manifest::builtin(), &found)
         .into_iter()
         .filter(|d| !filtered || concerns_selected(d, &selected))
         .filter(|d| !settled(d))

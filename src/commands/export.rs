@@ -92,8 +92,11 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
 async fn export(args: &ExportArgs) -> Result<Outcome> {
     let started = Instant::now();
     let url = args.source.url()?;
-    let manifest = manifest::builtin();
-    let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
+    // --table names are checked against the built-in list now, and against the source's
+    // tables (discovered ones included) once its catalog is read.
+    if args.tables.iter().all(|t| manifest::is_builtin(t)) {
+        manifest::select(manifest::builtin(), &args.tables, args.skip_large)?;
+    }
     let dir = args.output_dir.clone();
     let _lock = crate::lock::DirLock::acquire(&dir, "export")?;
     prepare_directory(&dir)?;
@@ -120,6 +123,8 @@ async fn export(args: &ExportArgs) -> Result<Outcome> {
     info!(snapshot = %snapshot_id, "snapshot taken");
 
     let found = catalog::discover(&tx, APP_SCHEMA).await?;
+    let manifest = manifest::effective(&found);
+    let selected = manifest::select(manifest, &args.tables, args.skip_large)?;
     let mut shapes = Vec::new();
     for (level, spec) in manifest::import_order(manifest, &found) {
         if !selected.contains(spec.name) {

@@ -129,7 +129,9 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     let started = Instant::now();
     let dir = &args.input_dir;
     let metadata = Metadata::load(dir)?;
-    let manifest = manifest::builtin();
+    let source = pipeline::source_catalog(&metadata);
+    // The exported tables: the built-in list and the ones export discovered beside it.
+    let manifest = manifest::effective(&source);
     let selected = manifest::select(manifest, &args.tables, false)?;
     let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
     let mapping_path = args
@@ -143,7 +145,6 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         crate::lock::lock_target(&client).await?;
     }
     let target = catalog::discover(&client, APP_SCHEMA).await?;
-    let source = pipeline::source_catalog(&metadata);
     column_map
         .validate(manifest, &source, &target)
         .map_err(|e| anyhow!("{e}"))?;
@@ -168,6 +169,26 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
                 dir.display()
             );
         };
+        // A discovered table the target lacks: nothing to do when it is empty; with rows, the
+        // mapping must decide (plan blocks on it the same way).
+        if !manifest::is_builtin(spec.name)
+            && !target
+                .tables
+                .contains_key(column_map.target_name(spec.name))
+        {
+            if entry.rows == 0 {
+                info!(table = spec.name, "empty, and not in the target: left out");
+                continue;
+            }
+            bail!(
+                "{}: {} rows, and the target has no table {}; it is not in fmig's built-in list \
+                 but exists in the source, so it is migrated unless the column mapping says \
+                 skip = true (or names its target = \"...\"). {NOTHING_WRITTEN}",
+                spec.name,
+                entry.rows,
+                column_map.target_name(spec.name)
+            );
+        }
         for map in column_map.resolve_units(spec, &source, &target)? {
             plans.push(plan_table(
                 spec,

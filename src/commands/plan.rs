@@ -82,7 +82,8 @@ pub async fn run(args: &PlanArgs) -> Result<Outcome> {
     spinner.set_message("reading both catalogs");
     let source_catalog = Catalog::read(&source).await?;
     let target_catalog = Catalog::read(&target).await?;
-    let specs = manifest::builtin();
+    // Every source table: the built-in list and the ones discovered beside it.
+    let specs = manifest::effective(&source_catalog.found);
     map.validate(specs, &source_catalog.found, &target_catalog.found)?;
     spinner.set_message("checking the mapping's expressions on the target");
     map.check_expressions(

@@ -252,8 +252,9 @@ struct Shared {
 
 pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     let started = Instant::now();
-    let manifest = manifest::builtin();
-    let selected = manifest::select(manifest, &args.tables, false)?;
+    if args.tables.iter().all(|t| manifest::is_builtin(t)) {
+        manifest::select(manifest::builtin(), &args.tables, false)?;
+    }
     let column_map = ColumnMap::load(args.mapping_config.as_deref())?;
     let target_url = args.target.url()?;
     let options = args.connect.options();
@@ -269,6 +270,9 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
             (None, pipeline::source_catalog(&metadata), Some(metadata))
         }
     };
+    // Every source table: the built-in list and the ones discovered beside it.
+    let manifest = manifest::effective(&source);
+    let selected = manifest::select(manifest, &args.tables, false)?;
     let mut target_client = connect::connect(&target_url, &options).await?;
     let target = catalog::discover(&target_client, APP_SCHEMA).await?;
     column_map
@@ -300,6 +304,19 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         if !source.tables.contains_key(spec.name) || !target.tables.contains_key(&target_name) {
             if !wanted {
                 continue;
+            }
+            // A discovered table the target lacks is left out by import when it is empty.
+            if !manifest::is_builtin(spec.name) && source.tables.contains_key(spec.name) {
+                let rows = match (&metadata, &source_url) {
+                    (Some(m), _) => m.table(spec.name).map_or(0, |e| e.rows),
+                    (None, Some(url)) => {
+                        count(url, &options, &QualifiedName::new(APP_SCHEMA, spec.name)).await?
+                    }
+                    (None, None) => 0,
+                };
+                if rows == 0 {
+                    continue;
+                }
             }
             let mut r = empty_report(spec.name, &target_name);
             r.status = Status::Error;
@@ -560,7 +577,7 @@ async fn lookup_values(
     target_client: &Client,
     ids: &Arc<HashMap<String, String>>,
 ) -> Result<pipeline::LookupValues> {
-    let spec = manifest::find(manifest::builtin(), &lookup.table)
+    let spec = manifest::find(manifest::effective(source), &lookup.table)
         .ok_or_else(|| anyhow!("{} is not one of fmig's tables", lookup.table))?;
     let map = column_map.resolve(spec, source, target)?;
     let info = source

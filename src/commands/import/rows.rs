@@ -99,7 +99,7 @@ pub(super) async fn decide(
         if inputs.contains_key(&table) {
             continue;
         }
-        let spec = manifest::find(manifest::builtin(), &table)
+        let spec = manifest::find(manifest::effective(source), &table)
             .ok_or_else(|| anyhow!("lookup table {table} is not one of fmig's tables"))?;
         let entry = metadata.table(&table).ok_or_else(|| {
             anyhow!(
