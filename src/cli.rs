@@ -81,7 +81,9 @@ pub struct GlobalOpts {
 pub enum Command {
     /// Export the tables and the Supabase users from the source into the export directory.
     ///
-    /// Writes <table>.json per table, auth_users.json (users with their identities) and, last,
+    /// Every table of the source's public schema is exported: the built-in list and the ones
+    /// discovered beside it. Writes <table>.json per table, auth_users.json (users with their
+    /// identities) and, last,
     /// metadata.json (counts, sizes, SHA-256s, content checksums, column types). Every file
     /// comes from the same read-only snapshot; each is complete or absent, and an export that
     /// fails leaves no metadata.json. Files are mode 0600.
@@ -89,8 +91,9 @@ pub enum Command {
     /// With --dry-run, list what would be exported, in import order with levels computed from
     /// the source's foreign keys, exact row counts and sizes, the user-id columns, and the
     /// auth.users population, all from one read-only snapshot; and report where the built-in
-    /// table list disagrees with the database. Exit code 1 when a listed table is missing or the
-    /// order would break a foreign key.
+    /// table list disagrees with the database (the column mapping's skip and
+    /// user_id_columns.remove settle findings). Exit code 1 when a listed table is missing or
+    /// foreign keys form a cycle; what fmig resolves itself is a warning.
     #[command(
         after_help = "Examples:\n  fmig export --dry-run\n  fmig export --dry-run --skip-large --json\n  fmig export\n  fmig export --jobs 4 --gzip\n  fmig export --table sites,areas --skip-auth --output-dir /tmp/partial"
     )]
