@@ -245,6 +245,31 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
         "{}",
         plan.stdout
     );
+    // The template guesses the pair's renames, each with its evidence.
+    let template = r.run(&["plan", "--write-template", "template.toml"]);
+    assert_eq!(template.code, 1, "{}\n{}", template.stdout, template.stderr);
+    let text = std::fs::read_to_string(r.work.path().join("template.toml")).unwrap();
+    for (table, rename) in [
+        ("devices", "battery_level = \"battery\""),
+        ("alert_rules_history", "alert_rules_id = \"alert_rule_id\""),
+        ("manual_temperature_logs", "logged_at = \"recorded_at\""),
+    ] {
+        let section = text
+            .split("\n[tables.")
+            .find(|s| s.starts_with(&format!("{table}]")))
+            .unwrap_or_else(|| panic!("no [tables.{table}] in\n{text}"));
+        assert!(
+            section.contains(&format!("rename = {{ {rename} }}")),
+            "{table}: {section}"
+        );
+        // Comments wrap; the evidence follows the guess.
+        let unwrapped = section.replace("\n#   ", " ");
+        assert!(
+            unwrapped.contains("which may be it renamed ("),
+            "{table}: {section}"
+        );
+    }
+
     // A source-only table with rows blocks until the mapping decides; an empty one does not.
     let mapping = std::fs::read_to_string(r.work.path().join("fmig.toml")).unwrap();
     std::fs::write(
