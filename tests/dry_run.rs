@@ -268,8 +268,20 @@ fn a_listed_user_id_column_the_source_lacks_is_a_warning_the_mapping_acknowledge
     // otherwise (the column keeps its foreign key, so it is still found as a user-id column).
     s.cluster.psql(
         "postgres",
-        "ALTER TABLE public.notification_deliveries RENAME COLUMN profile_id TO recipient_id",
+        "ALTER TABLE public.notification_deliveries RENAME COLUMN profile_id TO recipient_id; \
+         ALTER TABLE public.sites ADD COLUMN deleted_by uuid; \
+         UPDATE public.sites SET deleted_by = (SELECT id FROM auth.users ORDER BY id LIMIT 1) \
+         WHERE id IN (SELECT id FROM public.sites ORDER BY id LIMIT 2)",
     );
+    let by_value = |report: &Value| -> Value {
+        report["user_ids_by_value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["table"] == "sites" && v["column"] == "deleted_by")
+            .cloned()
+            .unwrap_or_else(|| panic!("sites.deleted_by not found by value: {report:#}"))
+    };
     let work = Workdir::new();
     let env = [("SUPABASE_DB_URL", s.cluster.url("postgres"))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -281,11 +293,24 @@ fn a_listed_user_id_column_the_source_lacks_is_a_warning_the_mapping_acknowledge
     assert_eq!(missing.len(), 1, "{report:#}");
     assert_eq!(missing[0]["severity"], "warning");
     assert_eq!(missing[0]["column"], "profile_id");
+    // An audit column holding user ids without a foreign key is found by its values.
+    let found = by_value(&report);
+    assert_eq!(found["matching"], 2);
+    assert_eq!(found["non_null"], 2);
+    assert_eq!(found["treatment"], "not mapped");
+    let text = work.run(&["export", "--dry-run"], &env);
+    assert!(
+        text.stdout
+            .contains("sites.deleted_by: 2/2 values are users; not mapped"),
+        "{}",
+        text.stdout
+    );
 
     // The mapping acknowledges it: the dry run reads ./fmig.toml and says nothing more.
     std::fs::write(
         work.path().join("fmig.toml"),
-        "[tables.notification_deliveries]\nuser_id_columns = { remove = [\"profile_id\"] }\n",
+        "[tables.notification_deliveries]\nuser_id_columns = { remove = [\"profile_id\"] }\n\
+         [tables.sites]\ndrop = [\"deleted_by\"]\n",
     )
     .unwrap();
     let run = work.run(&["export", "--dry-run", "--json"], &env);
@@ -295,4 +320,5 @@ fn a_listed_user_id_column_the_source_lacks_is_a_warning_the_mapping_acknowledge
         findings_of_kind(&report, "user_id_column_missing").is_empty(),
         "{report:#}"
     );
+    assert_eq!(by_value(&report)["treatment"], "dropped");
 }

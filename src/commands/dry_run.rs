@@ -33,7 +33,20 @@ pub struct DryRunReport {
     pub total_size_bytes: i64,
     /// `None` with `--skip-auth` or when the source has no `auth.users`.
     pub auth_users: Option<AuthUserStats>,
+    /// uuid columns without a foreign key whose values are `auth.users` ids (some or all), and
+    /// whether the import rewrites them (the mapping's user_id_columns and drop considered).
+    pub user_ids_by_value: Vec<ByValue>,
     pub findings: Vec<Finding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ByValue {
+    pub table: String,
+    pub column: String,
+    pub matching: i64,
+    pub non_null: i64,
+    /// `rewritten`, `dropped` (by the mapping), or `not mapped` (plan blocks on it).
+    pub treatment: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +114,39 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
         spinner.set_message(format!("counting {}", spec.name));
         tables.push(table_line(&tx, level, spec, &found).await?);
     }
+    // Audit columns hold user ids without a foreign key: found by their values, as plan does.
+    spinner.set_message("looking for user ids by value");
+    let present: Vec<&str> = tables
+        .iter()
+        .filter(|t| t.present)
+        .map(|t| t.table.as_str())
+        .collect();
+    let user_ids_by_value: Vec<ByValue> = catalog::user_ids_by_value(&tx, APP_SCHEMA, &present)
+        .await?
+        .into_iter()
+        .filter(|v| v.matching > 0)
+        .map(|v| {
+            let spec = manifest::find(manifest, &v.table);
+            let rewritten = spec
+                .is_some_and(|spec| column_map.user_id_columns(spec, &found).contains(&v.column));
+            let dropped = column_map
+                .table(&v.table)
+                .is_some_and(|t| t.drop.iter().any(|d| d.value == v.column));
+            ByValue {
+                treatment: if rewritten {
+                    "rewritten"
+                } else if dropped {
+                    "dropped"
+                } else {
+                    "not mapped"
+                },
+                table: v.table,
+                column: v.column,
+                matching: v.matching,
+                non_null: v.non_null,
+            }
+        })
+        .collect();
     let auth_users = if args.skip_auth {
         None
     } else {
@@ -137,6 +183,7 @@ pub async fn run(args: &ExportArgs) -> Result<Outcome> {
         total_size_bytes: tables.iter().filter_map(|t| t.size_bytes).sum(),
         tables,
         auth_users,
+        user_ids_by_value,
         findings,
     };
 
@@ -283,6 +330,26 @@ fn render(report: &DryRunReport, skip_auth: bool) -> String {
     ));
     if level_differs {
         out.push_str("* level computed from foreign keys differs from the hand-written order\n");
+    }
+    if !report.user_ids_by_value.is_empty() {
+        out.push_str(
+            "\nUser ids found by value (uuid columns without a foreign key holding auth.users ids):\n",
+        );
+        for v in &report.user_ids_by_value {
+            out.push_str(&format!(
+                "  {}.{}: {}/{} values are users; {}\n",
+                v.table,
+                v.column,
+                thousands(v.matching),
+                thousands(v.non_null),
+                match v.treatment {
+                    "rewritten" => "rewritten as a user-id column",
+                    "dropped" => "dropped by the mapping",
+                    _ =>
+                        "not mapped: add it to user_id_columns or drop it (fmig plan blocks on it)",
+                }
+            ));
+        }
     }
     match (&report.auth_users, skip_auth) {
         (_, true) => out.push_str("\nauth.users: skipped (--skip-auth)\n"),
