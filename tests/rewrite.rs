@@ -225,6 +225,21 @@ fn the_rewrite_migrates_with_rows_left_behind_on_purpose_and_verify_derives_from
     );
 
     // plan: exits 0 with the mapping; the new keys are reported, nothing blocks.
+    // The dry run agrees once the mapping is complete: the discovered tables and the computed
+    // order are warnings, the skipped table is settled.
+    let dry = r.run(&["export", "--dry-run", "--json"]);
+    assert_eq!(
+        dry.code, 0,
+        "export --dry-run: {}\n{}",
+        dry.stdout, dry.stderr
+    );
+    let report: Value = serde_json::from_str(&dry.stdout).unwrap();
+    let tables = report["tables"].to_string();
+    assert!(
+        tables.contains("\"gateways\"") && !tables.contains("\"legacy_audit\""),
+        "{report:#}"
+    );
+
     // By default the report fits on one screen: what needs reading, the rest counted.
     let short = r.run(&["plan"]);
     assert_eq!(short.code, 0, "plan: {}\n{}", short.stdout, short.stderr);
