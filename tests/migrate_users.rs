@@ -908,3 +908,77 @@ fn a_second_run_on_the_same_directory_exits_2_naming_the_first_and_a_killed_one_
     assert_eq!(next.code, 0, "{}\n{}", next.stdout, next.stderr);
     assert_complete(&work, &emu, &migratable(f));
 }
+
+/// The "total" row of a run's summary: (users, created, already there).
+fn totals(run: &Run) -> (u64, u64, u64) {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("total "))
+        .unwrap_or_else(|| panic!("no total row:\n{}", run.stdout));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.replace(',', "").parse().unwrap())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+#[test]
+fn two_runs_from_different_directories_count_each_user_created_once() {
+    // Two copies of the export (the directory lock cannot see one from the other) against one
+    // project at the same time: each user is created once, and a user the other run created is
+    // "already there", never "created" (it used to be counted by both).
+    let f = fixture();
+    let users = migratable(f);
+    let emu = emulator_with(Faults {
+        latency: Duration::from_millis(15),
+        ..Faults::default()
+    });
+    let (a, b) = (workdir(None), workdir(None));
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "migrate-users",
+        "--export-dir",
+        "data",
+        "--oauth-providers",
+        PROVIDERS,
+        "--concurrency",
+        "4",
+    ];
+    let spawn = |w: &Workdir| {
+        w.command(&args, &env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fmig")
+    };
+    let (first, second) = (spawn(&a), spawn(&b));
+    let runs: Vec<Run> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .collect();
+    for run in &runs {
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    }
+    let stored = by_supabase_id(&emu);
+    assert_eq!(stored.len(), users.len());
+    let (ta, tb) = (totals(&runs[0]), totals(&runs[1]));
+    assert_eq!(
+        ta.1 + tb.1,
+        users.len() as u64,
+        "created counted twice: {ta:?} {tb:?}\n{}\n{}",
+        runs[0].stdout,
+        runs[1].stdout
+    );
+    assert_eq!(ta.1 + ta.2, users.len() as u64, "{ta:?}");
+    assert_eq!(tb.1 + tb.2, users.len() as u64, "{tb:?}");
+}

@@ -1298,6 +1298,9 @@ fn update_bar(bar: &ProgressBar, c: &Counters, client: &Client, started: Instant
 async fn migrate_one(ctx: &Ctx<'_>, p: &PlannedUser) -> Result<UserOutcome, ApiError> {
     let body = p.body.as_ref().expect("only created users are migrated");
     let mut attempt = 0;
+    // Whether a create of ours may have succeeded unseen: only then is an account found
+    // afterwards this run's creation; otherwise it was already there (another run made it).
+    let mut answer_lost = false;
     loop {
         attempt += 1;
         let error = match ctx.client.create_user(body).await {
@@ -1309,7 +1312,7 @@ async fn migrate_one(ctx: &Ctx<'_>, p: &PlannedUser) -> Result<UserOutcome, ApiE
             ApiError::Rejected {
                 status: 409, code, ..
             } if code.as_deref() == Some(USER_EMAIL_ALREADY_EXISTS) => {
-                return after_conflict(ctx, p, &error).await;
+                return after_conflict(ctx, p, &error, answer_lost).await;
             }
             ApiError::Rejected { message, .. } => {
                 return Ok(UserOutcome::Failed(message.clone()));
@@ -1339,6 +1342,7 @@ async fn migrate_one(ctx: &Ctx<'_>, p: &PlannedUser) -> Result<UserOutcome, ApiE
             ApiError::Ambiguous { message } => {
                 // The server may have created the user: wait (a slow create may still commit),
                 // then look before creating again.
+                answer_lost = true;
                 warn!(supabase_user_id = %p.id, attempt, "no answer to a create ({message}); checking whether the user exists");
                 ctx.client.back_off(attempt, &error).await;
                 match find_ours(ctx.client, p).await {
@@ -1379,6 +1383,7 @@ async fn after_conflict(
     ctx: &Ctx<'_>,
     p: &PlannedUser,
     error: &ApiError,
+    answer_lost: bool,
 ) -> Result<UserOutcome, ApiError> {
     let email = p.email.as_deref().unwrap_or_default();
     let users = match ctx.client.list_all_users(Some(email), |_| {}).await {
@@ -1402,7 +1407,14 @@ async fn after_conflict(
         u.supabase_user_id()
             .is_some_and(|id| id.eq_ignore_ascii_case(&p.id))
     }) {
-        return record(ctx, p, JournalEvent::Created, ours).await;
+        // Ours: created by this run if one of its creates went unanswered, else by an earlier
+        // or concurrent run (counted as already there, never as created).
+        let event = if answer_lost {
+            JournalEvent::Created
+        } else {
+            JournalEvent::Reconciled
+        };
+        return record(ctx, p, event, ours).await;
     }
     if let [existing] = same.as_slice()
         && ctx.adopt_existing
@@ -1430,6 +1442,7 @@ async fn record(
     debug!(supabase_user_id = %p.id, stack_auth_user_id = %user.id, category = p.category.label(), "user mapped");
     Ok(match event {
         JournalEvent::Adopted => UserOutcome::Adopted,
+        JournalEvent::Reconciled => UserOutcome::Reconciled,
         _ => UserOutcome::Created,
     })
 }
