@@ -130,6 +130,19 @@ fn migrate(work: &Workdir, emu: &Emulator, extra: &[&str]) -> Run {
     work.run(&args, &env)
 }
 
+/// `fmig migrate-users` on `data/` with the project's providers and `concurrency` workers.
+fn migrate_args(concurrency: &'static str) -> [&'static str; 7] {
+    [
+        "migrate-users",
+        "--export-dir",
+        "data",
+        "--oauth-providers",
+        PROVIDERS,
+        "--concurrency",
+        concurrency,
+    ]
+}
+
 /// Stack Auth users by `supabase_user_id`; panics on a Supabase user created twice.
 fn by_supabase_id(emu: &Emulator) -> BTreeMap<String, StoredUser> {
     let mut map = BTreeMap::new();
@@ -555,15 +568,7 @@ fn a_key_revoked_mid_run_stops_at_once_and_keeps_the_mapping_of_those_created() 
     let work = workdir(None);
     let env = emu.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let args = [
-        "migrate-users",
-        "--export-dir",
-        "data",
-        "--oauth-providers",
-        PROVIDERS,
-        "--concurrency",
-        "2",
-    ];
+    let args = migrate_args("2");
     let mut child = work
         .command(&args, &env)
         .stdout(Stdio::piped())
@@ -864,15 +869,7 @@ fn a_second_run_on_the_same_directory_exits_2_naming_the_first_and_a_killed_one_
     let work = workdir(None);
     let env = emu.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let args = [
-        "migrate-users",
-        "--export-dir",
-        "data",
-        "--oauth-providers",
-        PROVIDERS,
-        "--concurrency",
-        "1",
-    ];
+    let args = migrate_args("1");
     let first = work
         .command(&args, &env)
         .stdout(Stdio::null())
@@ -938,15 +935,7 @@ fn two_runs_from_different_directories_count_each_user_created_once() {
     let (a, b) = (workdir(None), workdir(None));
     let env = emu.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let args = [
-        "migrate-users",
-        "--export-dir",
-        "data",
-        "--oauth-providers",
-        PROVIDERS,
-        "--concurrency",
-        "4",
-    ];
+    let args = migrate_args("4");
     let spawn = |w: &Workdir| {
         w.command(&args, &env)
             .stdout(Stdio::piped())
