@@ -567,6 +567,13 @@ fn write_json_text(out: &mut Vec<u8>, kind: &'static str, raw: &[u8]) -> Result<
 
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    let mut out = Vec::new();
+    write_base64_string(&mut out, data);
+    String::from_utf8(out[1..out.len() - 1].to_vec()).expect("base64 is ASCII")
+}
+
 /// Standard base64 with padding, as a JSON string (the alphabet needs no escaping).
 fn write_base64_string(out: &mut Vec<u8>, data: &[u8]) {
     out.reserve(data.len().div_ceil(3) * 4 + 2);

@@ -337,6 +337,10 @@ pub struct CreateUser {
     pub client_metadata: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_metadata: Option<Value>,
+    /// The user's TOTP secret, its raw bytes in base64: their authenticator app keeps working.
+    /// Never logged: see [`CreateUser::masked`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totp_secret_base64: Option<String>,
 }
 
 impl fmt::Debug for CreateUser {
@@ -357,16 +361,24 @@ impl fmt::Debug for CreateUser {
             .field("profile_image_url", &self.profile_image_url)
             .field("client_metadata", &self.client_metadata)
             .field("server_metadata", &self.server_metadata)
+            .field(
+                "totp_secret_base64",
+                &self.totp_secret_base64.as_ref().map(|_| redact::MASK),
+            )
             .finish()
     }
 }
 
 impl CreateUser {
     /// A copy safe to print: the password hash keeps its algorithm and cost (`$2a$10$`) and
-    /// loses the salt and digest.
+    /// loses the salt and digest; a TOTP secret is masked whole.
     pub fn masked(&self) -> CreateUser {
         CreateUser {
             password_hash: self.password_hash.as_deref().map(mask_hash),
+            totp_secret_base64: self
+                .totp_secret_base64
+                .as_ref()
+                .map(|_| redact::MASK.to_string()),
             ..self.clone()
         }
     }

@@ -224,6 +224,7 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
         .collect();
     let stored = by_supabase_id(&emu);
     let mut verified_passwords = 0;
+    let mut totp_users = 0;
     for u in &expected {
         let s = &stored[&u.id];
         let row = exported[u.id.as_str()];
@@ -280,6 +281,28 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
             })
             .collect();
         assert_eq!(got, want, "OAuth accounts of {}", u.id);
+        // A verified TOTP factor is carried: the code the user's authenticator app shows
+        // (computed here from the Supabase secret) is the one Stack Auth expects.
+        match u.carried_totp() {
+            Some(secret) => {
+                let bytes = totp_rs::Secret::Encoded(secret.to_string())
+                    .to_bytes()
+                    .unwrap();
+                let app = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                assert_eq!(
+                    s.totp_code(now),
+                    Some(app.generate(now)),
+                    "TOTP of {}",
+                    u.id
+                );
+                totp_users += 1;
+            }
+            None => assert_eq!(s.totp_secret, None, "{} should have no TOTP", u.id),
+        }
         assert_eq!(
             s.server_metadata["supabase_app_metadata"], row["raw_app_meta_data"],
             "app metadata of {} (big integers included)",
@@ -287,6 +310,14 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
         );
     }
     assert_eq!(verified_passwords, seed::KNOWN_BCRYPT.len());
+    assert_eq!(totp_users, 1, "the fixture's TOTP user");
+    assert!(
+        run.stdout.contains(
+            "Two-factor authentication: 1 users keep their TOTP authenticator; 2 had 2FA"
+        ),
+        "{}",
+        run.stdout
+    );
 
     // Files: private, in the spec's format.
     let dir = work.path().join("data");
@@ -344,6 +375,20 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
             u.category,
         );
     }
+    // Users whose second factor cannot be carried are named, with what they must do.
+    let lost: Vec<&SeededUser> = f.users.iter().filter(|u| u.loses_2fa()).collect();
+    assert_eq!(lost.len(), 2);
+    for u in lost {
+        let line = attention
+            .lines()
+            .find(|l| l.contains(&u.id))
+            .unwrap_or_else(|| panic!("{} lost 2FA but is not in the CSV:\n{attention}", u.id));
+        assert!(line.contains("must enrol again"), "{line}");
+    }
+    // The secrets are nowhere in the files or the output.
+    let secret = f.users.iter().find_map(|u| u.carried_totp()).unwrap();
+    assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+    assert!(!attention.contains(secret) && !work.log().contains(secret));
     let categories: BTreeSet<&str> = attention
         .lines()
         .skip(1)

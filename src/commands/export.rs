@@ -422,6 +422,38 @@ async fn auth_users_shape(tx: &Transaction<'_>, found: &Discovered, gzip: bool) 
           FROM auth.identities i WHERE i.user_id = u.id), '[]'::json) AS identities"
             .to_string(),
     );
+    // Second factors (GoTrue's auth.mfa_factors; older versions have none), nested like the
+    // identities: migrate-users carries verified TOTP secrets and names the users whose other
+    // factors cannot be carried.
+    let factor_columns: Vec<String> = tx
+        .query(
+            "SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = to_regclass('auth.mfa_factors') AND attnum > 0 AND NOT attisdropped",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let has_factor = |c: &str| factor_columns.iter().any(|f| f == c);
+    if ["user_id", "factor_type", "status", "secret"]
+        .iter()
+        .all(|c| has_factor(c))
+    {
+        let created = if has_factor("created_at") {
+            "to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        } else {
+            "NULL"
+        };
+        select.push(format!(
+            "COALESCE((SELECT json_agg(json_build_object( \
+                'factor_type', f.factor_type::text, 'status', f.status::text, \
+                'secret', f.secret, 'created_at', {created}) ORDER BY {created}, f.secret) \
+              FROM auth.mfa_factors f WHERE f.user_id = u.id), '[]'::json) AS mfa_factors"
+        ));
+    } else {
+        info!("the source has no auth.mfa_factors (an older GoTrue): no second factors to carry");
+    }
     let sql = format!("SELECT {} FROM auth.users u", select.join(", "));
     let statement = tx
         .prepare(&sql)

@@ -81,6 +81,99 @@ pub struct SupabaseUser {
     pub is_sso_user: Option<bool>,
     #[serde(default)]
     pub identities: Vec<Identity>,
+    /// `auth.mfa_factors` rows, nested by the export (absent for an older GoTrue).
+    #[serde(default)]
+    pub mfa_factors: Vec<MfaFactor>,
+}
+
+/// One second factor of a user (`auth.mfa_factors`). The secret is never logged.
+#[derive(Clone, Deserialize)]
+pub struct MfaFactor {
+    pub factor_type: String,
+    pub status: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for MfaFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaFactor")
+            .field("factor_type", &self.factor_type)
+            .field("status", &self.status)
+            .field("secret", &self.secret.as_ref().map(|_| crate::redact::MASK))
+            .finish()
+    }
+}
+
+/// What becomes of a created user's second factors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecondFactor {
+    /// No verified factor.
+    None,
+    /// A verified TOTP secret is carried: the authenticator app keeps working.
+    TotpCarried,
+    /// Verified factors that cannot be carried (WebAuthn, phone, a secret encrypted at rest):
+    /// the user had 2FA and must enrol again.
+    Lost(String),
+}
+
+/// A base32 secret (RFC 4648, as authenticator apps take it; case, spaces and padding
+/// ignored) as bytes; `None` when it is not one (e.g. GoTrue's encrypted JSON envelope).
+pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let mut bits: u64 = 0;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.chars().filter(|c| !c.is_whitespace() && *c != '=') {
+        let value = match c.to_ascii_uppercase() {
+            c @ 'A'..='Z' => c as u64 - 'A' as u64,
+            c @ '2'..='7' => c as u64 - '2' as u64 + 26,
+            _ => return None,
+        };
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The TOTP secret to carry (base64 of its bytes) and what becomes of the user's 2FA. Only
+/// verified factors count (an unverified one is an enrolment never finished); of several
+/// verified TOTP factors the last enrolled is carried.
+fn second_factor(u: &SupabaseUser) -> (Option<String>, SecondFactor) {
+    let verified: Vec<&MfaFactor> = u
+        .mfa_factors
+        .iter()
+        .filter(|f| f.status == "verified")
+        .collect();
+    let totp = verified
+        .iter()
+        .filter(|f| f.factor_type == "totp")
+        .filter_map(|f| base32_decode(f.secret.as_deref()?))
+        .next_back();
+    let mut lost: Vec<String> = verified
+        .iter()
+        .filter(|f| f.factor_type != "totp")
+        .map(|f| f.factor_type.clone())
+        .collect();
+    if verified
+        .iter()
+        .any(|f| f.factor_type == "totp" && f.secret.as_deref().and_then(base32_decode).is_none())
+    {
+        lost.push("totp secret encrypted at rest".into());
+    }
+    lost.dedup();
+    match (totp, lost.is_empty()) {
+        (Some(bytes), _) => (
+            Some(crate::codec::base64(&bytes)),
+            SecondFactor::TotpCarried,
+        ),
+        (None, false) => (None, SecondFactor::Lost(lost.join(", "))),
+        (None, true) => (None, SecondFactor::None),
+    }
 }
 
 /// One `auth.identities` row, nested under its user by the export.
@@ -209,6 +302,8 @@ pub struct PlannedUser {
     pub body: Option<CreateUser>,
     /// Set when the user will exist but cannot sign in as before: the CSV's reason.
     pub reset_reason: Option<String>,
+    /// Second factors, for created users.
+    pub second_factor: SecondFactor,
 }
 
 /// What the planner needs besides the users.
@@ -590,6 +685,15 @@ fn plan_user(u: &SupabaseUser, options: &PlanOptions) -> PlannedUser {
         Category::EmailOnly
     };
 
+    let (totp, mut second) = second_factor(u);
+    if !category.creates() {
+        second = SecondFactor::None;
+    }
+    match &second {
+        SecondFactor::TotpCarried => notes.push("TOTP 2FA carried".into()),
+        SecondFactor::Lost(what) => notes.push(format!("had 2FA ({what}): must enrol again")),
+        SecondFactor::None => {}
+    }
     let (body, reset_reason) = if category.creates() {
         let reason = match (&email, valid_hash, carried.is_empty()) {
             (Some(_), None, true) => Some(if let Some(problem) = &hash_problem {
@@ -604,17 +708,9 @@ fn plan_user(u: &SupabaseUser, options: &PlanOptions) -> PlannedUser {
             }),
             _ => None,
         };
-        (
-            Some(body_for(
-                u,
-                email.as_deref(),
-                valid_hash,
-                carried,
-                banned,
-                deleted,
-            )),
-            reason,
-        )
+        let mut body = body_for(u, email.as_deref(), valid_hash, carried, banned, deleted);
+        body.totp_secret_base64 = totp;
+        (Some(body), reason)
     } else {
         (None, None)
     };
@@ -625,6 +721,7 @@ fn plan_user(u: &SupabaseUser, options: &PlanOptions) -> PlannedUser {
         notes,
         body,
         reset_reason,
+        second_factor: second,
     }
 }
 
@@ -687,6 +784,7 @@ fn body_for(
         profile_image_url: avatar,
         client_metadata,
         server_metadata: Some(Value::Object(server)),
+        totp_secret_base64: None,
     }
 }
 
@@ -1508,12 +1606,35 @@ fn render_counts(plan: &[PlannedUser]) -> String {
     let create = plan.iter().filter(|p| p.category.creates()).count();
     let reset = plan.iter().filter(|p| p.reset_reason.is_some()).count();
     format!(
-        "Supabase users: {} - {} to create in Stack Auth ({} of them need a sign-in link or password reset), {} not migrated\n{}",
+        "Supabase users: {} - {} to create in Stack Auth ({} of them need a sign-in link or password reset), {} not migrated\n{}{}",
         thousands(plan.len() as i64),
         thousands(create as i64),
         thousands(reset as i64),
         thousands((plan.len() - create) as i64),
-        table.render()
+        table.render(),
+        second_factor_line(plan)
+    )
+}
+
+/// The second factors of the created users, in one line ("" when nobody has 2FA).
+fn second_factor_line(plan: &[PlannedUser]) -> String {
+    let carried = plan
+        .iter()
+        .filter(|p| p.second_factor == SecondFactor::TotpCarried)
+        .count();
+    let lost = plan
+        .iter()
+        .filter(|p| matches!(p.second_factor, SecondFactor::Lost(_)))
+        .count();
+    if carried + lost == 0 {
+        return String::new();
+    }
+    format!(
+        "Two-factor authentication: {} users keep their TOTP authenticator; {} had 2FA that \
+         cannot be carried (WebAuthn, phone, a secret encrypted at rest) and must enrol again \
+         (listed as needing attention)\n",
+        thousands(carried as i64),
+        thousands(lost as i64)
     )
 }
 
@@ -1541,7 +1662,8 @@ fn attention<'a>(
                 outcome,
                 Some(UserOutcome::Conflict(_) | UserOutcome::Failed(_))
             );
-            if !c.needs_attention() && !problem {
+            let lost_2fa = matches!(p.second_factor, SecondFactor::Lost(_));
+            if !c.needs_attention() && !problem && !lost_2fa {
                 continue;
             }
             let mut details = p.notes.clone();
@@ -1744,6 +1866,7 @@ impl Summary<'_> {
         push("total", &t);
         let mut out = String::from("\n");
         out.push_str(&table.render());
+        out.push_str(&second_factor_line(self.plan));
         out.push_str(&render_attention(
             &attention(self.plan, self.outcomes),
             &user_mapping::attention_csv_path(self.output)
@@ -1831,7 +1954,85 @@ mod tests {
             is_anonymous: Some(false),
             is_sso_user: Some(false),
             identities: Vec::new(),
+            mfa_factors: Vec::new(),
         }
+    }
+
+    fn factor(factor_type: &str, status: &str, secret: Option<&str>) -> MfaFactor {
+        MfaFactor {
+            factor_type: factor_type.into(),
+            status: status.into(),
+            secret: secret.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn base32_secrets_decode_as_authenticator_apps_read_them() {
+        // RFC 4648 test vector, and the same in lower case with spaces and padding.
+        assert_eq!(base32_decode("MZXW6YTBOI======").unwrap(), b"foobar");
+        assert_eq!(base32_decode("mzxw 6ytb oi").unwrap(), b"foobar");
+        assert_eq!(base32_decode("{\"key_id\":\"k\",\"data\":\"x\"}"), None);
+        assert_eq!(base32_decode("ABC1"), None);
+    }
+
+    #[test]
+    fn verified_totp_is_carried_and_factors_that_cannot_be_are_named() {
+        let options = PlanOptions {
+            oauth_providers: HashSet::new(),
+            include_deleted: false,
+            banned: BannedPolicy::Skip,
+            now: Utc::now(),
+        };
+        let mut u = user("a", Some("a@x.example"));
+        u.encrypted_password = Some(HASH.into());
+        u.mfa_factors = vec![
+            factor("totp", "unverified", Some("GEZDGNBVGY3TQOJQ")),
+            factor("totp", "verified", Some("MZXW6YTBOI")),
+        ];
+        let p = plan_user(&u, &options);
+        assert_eq!(p.second_factor, SecondFactor::TotpCarried);
+        let body = p.body.unwrap();
+        assert_eq!(body.totp_secret_base64.as_deref(), Some("Zm9vYmFy"));
+        // Never printed.
+        assert!(!format!("{body:?}").contains("Zm9vYmFy"));
+        assert!(
+            !serde_json::to_string(&body.masked())
+                .unwrap()
+                .contains("Zm9vYmFy")
+        );
+        assert!(!format!("{:?}", u.mfa_factors).contains("MZXW6YTBOI"));
+
+        // Only an unverified factor: nothing to carry, nothing lost.
+        u.mfa_factors = vec![factor("totp", "unverified", Some("MZXW6YTBOI"))];
+        let p = plan_user(&u, &options);
+        assert_eq!(p.second_factor, SecondFactor::None);
+        assert_eq!(p.body.unwrap().totp_secret_base64, None);
+
+        // WebAuthn and an encrypted secret cannot be carried: created, must enrol again.
+        u.mfa_factors = vec![
+            factor("webauthn", "verified", None),
+            factor(
+                "totp",
+                "verified",
+                Some("{\"key_id\":\"k\",\"alg\":\"aes-gcm\"}"),
+            ),
+        ];
+        let p = plan_user(&u, &options);
+        assert_eq!(p.category, Category::Password);
+        assert_eq!(
+            p.second_factor,
+            SecondFactor::Lost("webauthn, totp secret encrypted at rest".into())
+        );
+        assert!(
+            p.notes.iter().any(|n| n.contains("must enrol again")),
+            "{:?}",
+            p.notes
+        );
+        assert_eq!(p.body.unwrap().totp_secret_base64, None);
+
+        // A user who is not created has nothing to lose here.
+        u.is_anonymous = Some(true);
+        assert_eq!(plan_user(&u, &options).second_factor, SecondFactor::None);
     }
 
     fn identity(provider: &str, id: &str) -> Identity {

@@ -172,6 +172,28 @@ pub struct SeededUser {
     pub soft_deleted: bool,
     /// The user has a `profiles` row (everyone but anonymous users).
     pub profile_id: Option<String>,
+    /// `auth.mfa_factors` rows: (factor_type, status, secret).
+    pub mfa_factors: Vec<(&'static str, &'static str, Option<String>)>,
+}
+
+impl SeededUser {
+    /// The base32 secret of the verified TOTP factor fmig carries, if any.
+    pub fn carried_totp(&self) -> Option<&str> {
+        self.mfa_factors
+            .iter()
+            .filter(|(t, s, secret)| {
+                *t == "totp"
+                    && *s == "verified"
+                    && secret.as_deref().is_some_and(|x| !x.starts_with('{'))
+            })
+            .filter_map(|(_, _, secret)| secret.as_deref())
+            .next_back()
+    }
+
+    /// Whether the user had verified 2FA that cannot be carried (and none that can).
+    pub fn loses_2fa(&self) -> bool {
+        self.carried_totp().is_none() && self.mfa_factors.iter().any(|(_, s, _)| *s == "verified")
+    }
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -768,6 +790,26 @@ impl Seeder {
             users.push(u);
         }
 
+        // Second factors: a verified TOTP (carried) beside an enrolment never finished; a
+        // WebAuthn key (bound to the old site: cannot be carried); a TOTP secret GoTrue
+        // encrypted at rest (a JSON envelope: cannot be carried either).
+        let (secret, unfinished) = (self.totp_secret(), self.totp_secret());
+        users[0].mfa_factors = vec![
+            ("totp", "verified", Some(secret)),
+            ("totp", "unverified", Some(unfinished)),
+        ];
+        users[1].mfa_factors = vec![("webauthn", "verified", None)];
+        if let Some(u) = users.iter_mut().find(|u| u.category == "oauth") {
+            u.mfa_factors = vec![(
+                "totp",
+                "verified",
+                Some(
+                    r#"{"key_id":"k1","alg":"aes-gcm-hkdf","nonce":"bm9uY2U=","data":"ZGF0YQ=="}"#
+                        .to_owned(),
+                ),
+            )];
+        }
+
         // Extra identities and states on ordinary users.
         users[2].identities.push((
             "google".to_owned(),
@@ -803,13 +845,23 @@ impl Seeder {
             banned: false,
             soft_deleted: false,
             profile_id: None,
+            mfa_factors: Vec::new(),
         }
+    }
+
+    /// A base32 TOTP secret (160 bits, as authenticator setups make them).
+    fn totp_secret(&mut self) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        (0..32)
+            .map(|_| ALPHABET[self.rng.below(32) as usize] as char)
+            .collect()
     }
 
     fn write_users(&mut self) {
         let users = self.users.clone();
         let mut rows = Vec::new();
         let mut identity_rows = Vec::new();
+        let mut factor_rows = Vec::new();
         for (i, u) in users.iter().enumerate() {
             let created = self.t0 - 400 * 86_400 * MICROS + i as i64 * 3_600 * MICROS + 123_456;
             let email_confirmed =
@@ -898,6 +950,17 @@ impl Seeder {
                 },
                 b(u.is_anonymous),
             ]);
+            for (k, (factor_type, status, secret)) in u.mfa_factors.iter().enumerate() {
+                factor_rows.push(vec![
+                    q(&self.rng.uuid()),
+                    q(&u.id),
+                    q(factor_type),
+                    q(status),
+                    secret.as_deref().map_or_else(null, q),
+                    tstz(created + (5 + k as i64) * 86_400 * MICROS),
+                    tstz(created + (5 + k as i64) * 86_400 * MICROS),
+                ]);
+            }
             for (provider, provider_id) in &u.identities {
                 let email = match provider.as_str() {
                     "email" => u.email.clone(),
@@ -974,9 +1037,25 @@ impl Seeder {
             ],
             identity_rows,
         );
+        if !factor_rows.is_empty() {
+            self.insert(
+                "auth.mfa_factors",
+                &[
+                    "id",
+                    "user_id",
+                    "factor_type",
+                    "status",
+                    "secret",
+                    "created_at",
+                    "updated_at",
+                ],
+                factor_rows,
+            );
+        }
         // auth.* rows are not public tables.
         self.counts.remove("auth.users");
         self.counts.remove("auth.identities");
+        self.counts.remove("auth.mfa_factors");
     }
 
     /// A user that has a profile, or None ~1 in 8.

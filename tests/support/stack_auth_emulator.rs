@@ -128,9 +128,45 @@ pub struct StoredUser {
     pub otp_auth_enabled: bool,
     pub is_anonymous: bool,
     pub signed_up_at_millis: i64,
+    /// The TOTP secret's bytes (`totp_secret_base64` decoded).
+    pub totp_secret: Option<Vec<u8>>,
+}
+
+/// Standard base64 (padding required), as the server validates it.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if text.is_empty() || !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let mut n = 0u32;
+        let mut pad = 0;
+        for &c in chunk {
+            n <<= 6;
+            if c == b'=' {
+                pad += 1;
+            } else if pad > 0 {
+                return None;
+            } else {
+                n |= ALPHABET.iter().position(|&a| a == c)? as u32;
+            }
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
 }
 
 impl StoredUser {
+    /// The 6-digit TOTP code (RFC 6238: SHA-1, 30 s steps) the server expects at `unix_seconds`
+    /// from the stored secret.
+    pub fn totp_code(&self, unix_seconds: u64) -> Option<String> {
+        let secret = self.totp_secret.clone()?;
+        let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, secret);
+        Some(totp.generate(unix_seconds))
+    }
+
     pub fn supabase_user_id(&self) -> Option<&str> {
         self.server_metadata.get("supabase_user_id")?.as_str()
     }
@@ -161,7 +197,7 @@ impl StoredUser {
             "passkey_auth_enabled": false,
             "selected_team_id": null,
             "selected_team": null,
-            "requires_totp_mfa": false,
+            "requires_totp_mfa": self.totp_secret.is_some(),
             "auth_with_email": self.primary_email_auth_enabled
                 && (self.password.is_some() || self.password_hash.is_some() || self.otp_auth_enabled),
         })
@@ -689,6 +725,13 @@ fn create_user(state: &mut State, body: &Value) -> Result<StoredUser, Rejection>
     if (password.is_some() || password_hash.is_some()) && !state.config.password_auth_enabled {
         return Err(plain_bad("Password authentication is not enabled"));
     }
+    let totp_secret = match opt_str("totp_secret_base64")? {
+        None => None,
+        Some(text) => Some(
+            base64_decode(&text)
+                .ok_or_else(|| bad("body.totp_secret_base64 must be a valid base64 string"))?,
+        ),
+    };
     let otp = opt_bool("otp_auth_enabled")?.unwrap_or(false);
     if otp && !state.config.otp_auth_enabled {
         return Err(plain_bad("OTP authentication is not enabled"));
@@ -770,6 +813,7 @@ fn create_user(state: &mut State, body: &Value) -> Result<StoredUser, Rejection>
         otp_auth_enabled: otp,
         is_anonymous,
         signed_up_at_millis: state.clock,
+        totp_secret,
     };
     state.users.push(user.clone());
     Ok(user)
