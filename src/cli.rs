@@ -626,6 +626,15 @@ pub enum VerifyAgainst {
     Export,
 }
 
+/// The part of the migration verify checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyOnly {
+    /// The tables (the default, with --sign-in too when given).
+    Tables,
+    /// Only the sign-ins of --sign-in (no database needed).
+    SignIn,
+}
+
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Verify options")]
 pub struct VerifyArgs {
@@ -682,6 +691,38 @@ pub struct VerifyArgs {
     /// choices the import recorded in the target.
     #[arg(long)]
     pub ignore_recorded: bool,
+
+    /// Sign in with each account of PATH (a CSV `email,password` with a header, mode 0600: it
+    /// holds passwords) through Stack Auth's client password sign-in, as users will; a TOTP
+    /// user counts as "password accepted, TOTP required". Passwords are never logged.
+    #[arg(long, value_name = "PATH")]
+    pub sign_in: Option<PathBuf>,
+
+    /// Check only this part.
+    #[arg(long, value_enum, value_name = "PART")]
+    pub only: Option<VerifyOnly>,
+
+    /// The Stack Auth API base (for --sign-in).
+    #[arg(
+        long,
+        env = "STACK_AUTH_API_URL",
+        default_value = crate::stack_auth::DEFAULT_API_URL,
+        value_name = "URL"
+    )]
+    pub stack_auth_url: String,
+
+    /// The Stack Auth project id (for --sign-in).
+    #[arg(long, env = "STACK_AUTH_PROJECT_ID", value_name = "UUID")]
+    pub project_id: Option<String>,
+
+    /// The project's publishable client key, pck_... (for --sign-in).
+    #[arg(
+        long,
+        env = "STACK_AUTH_PUBLISHABLE_CLIENT_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub publishable_client_key: Option<String>,
 
     /// Tables verified at the same time (each uses three connections).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]

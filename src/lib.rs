@@ -28,6 +28,7 @@ pub mod progress;
 pub mod redact;
 pub mod report;
 pub mod schema_diff;
+pub mod sign_in;
 pub mod stack_auth;
 pub mod supabase;
 pub mod user_mapping;

@@ -1016,3 +1016,94 @@ fn two_runs_from_different_directories_count_each_user_created_once() {
     assert_eq!(ta.1 + ta.2, users.len() as u64, "{ta:?}");
     assert_eq!(tb.1 + tb.2, users.len() as u64, "{tb:?}");
 }
+
+#[test]
+fn sign_in_with_migrated_accounts_succeeds_names_refusals_and_spots_totp() {
+    let f = fixture();
+    let emu = emulator_with(Faults::default());
+    let work = workdir(None);
+    migrate(&work, &emu, &[]).expect_code(0);
+
+    // Users with their plaintext passwords (the seed's known hashes); one of them has TOTP.
+    let known: Vec<&SeededUser> = f
+        .users
+        .iter()
+        .filter(|u| u.password.is_some() && expected_category(u) == "password")
+        .collect();
+    assert!(known.len() >= 2);
+    let totp = known
+        .iter()
+        .find(|u| u.carried_totp().is_some())
+        .expect("a TOTP user with a known password");
+    let plain = known
+        .iter()
+        .find(|u| u.carried_totp().is_none() && !u.loses_2fa())
+        .expect("a password user without 2FA");
+    let wrong_password = "not-the-password, with a comma";
+    let csv = format!(
+        "email,password\n{},{}\n{},{}\n{},\"{}\"\n",
+        plain.email.as_deref().unwrap(),
+        plain.password.unwrap(),
+        totp.email.as_deref().unwrap(),
+        totp.password.unwrap(),
+        plain.email.as_deref().unwrap(),
+        wrong_password
+    );
+    let path = work.path().join("accounts.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--export-dir", "data", "--only", "sign-in"];
+        args.extend_from_slice(extra);
+        work.run(&args, &env)
+    };
+
+    // The file holds passwords: refused unless private.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = verify(&["--sign-in", "accounts.csv"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("chmod 600"), "{}", run.stderr);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let run = verify(&["--sign-in", "accounts.csv"]);
+    // The wrong password is refused: exit 1, with Stack Auth's reason.
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("data/verification-report.json")).unwrap(),
+    )
+    .unwrap();
+    let results = report["sign_in"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{report:#}");
+    assert_eq!(results[0]["ok"], true);
+    assert_eq!(results[0]["outcome"], "signed in");
+    assert_eq!(results[1]["ok"], true);
+    assert_eq!(results[1]["outcome"], "password accepted, TOTP required");
+    assert_eq!(results[2]["ok"], false);
+    assert_eq!(results[2]["code"], "EMAIL_PASSWORD_MISMATCH");
+    assert!(
+        run.stdout.contains("2 of 3 accounts signed in; 1 refused"),
+        "{}",
+        run.stdout
+    );
+    // No password anywhere it could be read.
+    for secret in [
+        plain.password.unwrap(),
+        totp.password.unwrap(),
+        wrong_password,
+    ] {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "{secret}"
+        );
+        assert!(!work.log().contains(secret), "{secret} in the log");
+        assert!(
+            !report.to_string().contains(secret),
+            "{secret} in the report"
+        );
+    }
+    // Every account right: exit 0.
+    std::fs::write(&path, csv.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
+    let run = verify(&["--sign-in", "accounts.csv"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+}

@@ -53,7 +53,7 @@ use tracing::{error, info};
 use crate::Outcome;
 use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
-use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs};
+use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs, VerifyOnly};
 use crate::codec::{self, Cast, ColumnKind, PgType};
 use crate::column_map::{ColumnMap, ColumnValue, TableMap};
 use crate::connect::{self, ConnectOptions, DbUrl};
@@ -84,6 +84,9 @@ pub struct VerifyReport {
     pub against: String,
     pub algorithm: String,
     pub tables: Vec<TableReport>,
+    /// `--sign-in`: each account's sign-in through Stack Auth.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sign_in: Vec<crate::sign_in::SignIn>,
     pub ok: bool,
     pub seconds: f64,
 }
@@ -252,6 +255,24 @@ struct Shared {
 
 pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     let started = Instant::now();
+    // Sign-ins first: quick, and they need no database.
+    let sign_in = match &args.sign_in {
+        Some(path) => {
+            let settings = crate::sign_in::ClientSettings {
+                api_url: &args.stack_auth_url,
+                project_id: args.project_id.as_deref().unwrap_or(""),
+                publishable_client_key: args.publishable_client_key.as_deref().unwrap_or(""),
+            };
+            crate::sign_in::check(path, &settings).await?
+        }
+        None if args.only == Some(VerifyOnly::SignIn) => {
+            bail!("--only sign-in needs --sign-in accounts.csv")
+        }
+        None => Vec::new(),
+    };
+    if args.only == Some(VerifyOnly::SignIn) {
+        return finish(args, Vec::new(), sign_in, started);
+    }
     if args.tables.iter().all(|t| manifest::is_builtin(t)) {
         manifest::select(manifest::builtin(), &args.tables, false)?;
     }
@@ -468,7 +489,17 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         .await?;
     }
 
-    let ok = reports.iter().all(|r| r.status == Status::Ok);
+    finish(args, reports, sign_in, started)
+}
+
+/// The report (console and JSON) and the outcome.
+fn finish(
+    args: &VerifyArgs,
+    reports: Vec<TableReport>,
+    sign_in: Vec<crate::sign_in::SignIn>,
+    started: Instant,
+) -> Result<Outcome> {
+    let ok = reports.iter().all(|r| r.status == Status::Ok) && sign_in.iter().all(|s| s.ok);
     let report = VerifyReport {
         generated_at: chrono::Utc::now().to_rfc3339(),
         against: match args.against {
@@ -477,6 +508,7 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         },
         algorithm: checksum::ALGORITHM.into(),
         tables: reports,
+        sign_in,
         ok,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -1883,6 +1915,36 @@ fn render(report: &VerifyReport) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    if !report.sign_in.is_empty() {
+        let mut accounts = TextTable::new(&[
+            ("account", Align::Left),
+            ("sign-in", Align::Left),
+            ("code", Align::Left),
+        ]);
+        for s in &report.sign_in {
+            accounts.row(vec![
+                s.email.clone(),
+                s.outcome.clone(),
+                s.code.clone().unwrap_or_default(),
+            ]);
+        }
+        let failed = report.sign_in.iter().filter(|s| !s.ok).count();
+        out.push_str(&format!(
+            "\nSign-in with real accounts (Stack Auth client password sign-in):\n\n{}{} of {} \
+             accounts signed in{}.\n",
+            accounts.render(),
+            report.sign_in.len() - failed,
+            report.sign_in.len(),
+            if failed > 0 {
+                format!("; {failed} refused")
+            } else {
+                String::new()
+            }
+        ));
+        if report.tables.is_empty() {
+            return out;
+        }
+    }
     let bad = report
         .tables
         .iter()
@@ -1989,6 +2051,13 @@ fn log_report(report: &VerifyReport) {
             for line in detail_lines(r) {
                 error!(target: "fmig::report", table = %r.table, "{line}");
             }
+        }
+    }
+    for s in &report.sign_in {
+        if s.ok {
+            info!(target: "fmig::report", account = %s.email, outcome = %s.outcome, "sign-in");
+        } else {
+            error!(target: "fmig::report", account = %s.email, outcome = %s.outcome, code = s.code.as_deref().unwrap_or(""), "sign-in refused");
         }
     }
     info!(target: "fmig::report", tables = report.tables.len(), ok = report.ok, seconds = report.seconds, "verify summary");

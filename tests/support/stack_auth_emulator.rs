@@ -44,6 +44,7 @@ use tokio::sync::Notify;
 
 pub const PROJECT_ID: &str = "6a1e5b2c-7f3d-4c8e-9a0b-1c2d3e4f5a6b";
 pub const SECRET_KEY: &str = "ssk_emulator_secret_8c1f0e7a9b2d4c6e";
+pub const PUBLISHABLE_CLIENT_KEY: &str = "pck_emulator_publishable_3b9d2e";
 
 /// The project's settings.
 #[derive(Clone, Debug)]
@@ -307,6 +308,10 @@ impl Emulator {
             ("STACK_AUTH_API_URL", self.url()),
             ("STACK_AUTH_PROJECT_ID", state.config.project_id.clone()),
             ("STACK_AUTH_SECRET_KEY", state.config.secret_key.clone()),
+            (
+                "STACK_AUTH_PUBLISHABLE_CLIENT_KEY",
+                PUBLISHABLE_CLIENT_KEY.to_string(),
+            ),
         ]
     }
 
@@ -472,6 +477,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     if let Some(response) = fault {
         return Ok(response);
     }
+    if method == Method::POST && path == "/api/v1/auth/password/sign-in" {
+        let state = shared.state.lock().unwrap();
+        return Ok(password_sign_in(&state, &headers, &body));
+    }
     {
         let mut state = shared.state.lock().unwrap();
         if let Some(response) = check_headers(&mut state, &headers) {
@@ -497,6 +506,73 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             })
         }
         _ => Ok(plain(StatusCode::NOT_FOUND, "Not found")),
+    }
+}
+
+/// The client API's password sign-in: the stored password or bcrypt hash checked; a TOTP user
+/// gets `MULTI_FACTOR_AUTHENTICATION_REQUIRED` once the password is right.
+fn password_sign_in(
+    state: &State,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("x-stack-access-type") != Some("client") {
+        return known_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ACCESS_TYPE",
+            "The x-stack-access-type header must be 'client'.",
+            None,
+        );
+    }
+    if get("x-stack-project-id") != Some(state.config.project_id.as_str()) {
+        return known_error(
+            StatusCode::BAD_REQUEST,
+            "CURRENT_PROJECT_NOT_FOUND",
+            "The current project was not found.",
+            None,
+        );
+    }
+    if get("x-stack-publishable-client-key") != Some(PUBLISHABLE_CLIENT_KEY) {
+        return known_error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_PUBLISHABLE_CLIENT_KEY",
+            "The publishable client key is not valid for the project.",
+            None,
+        );
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return plain(StatusCode::BAD_REQUEST, "Request body is not valid JSON");
+    };
+    let (Some(email), Some(password)) = (body["email"].as_str(), body["password"].as_str()) else {
+        return plain(StatusCode::BAD_REQUEST, "email and password are required");
+    };
+    let email = email.to_lowercase();
+    let user = state.users.iter().find(|u| {
+        u.primary_email_auth_enabled && u.primary_email.as_deref() == Some(email.as_str())
+    });
+    let accepted = user.filter(|u| match (&u.password, &u.password_hash) {
+        (Some(plain), _) => plain == password,
+        (None, Some(hash)) => bcrypt::verify(password, hash).unwrap_or(false),
+        (None, None) => false,
+    });
+    match accepted {
+        None => known_error(
+            StatusCode::BAD_REQUEST,
+            "EMAIL_PASSWORD_MISMATCH",
+            "Wrong e-mail or password.",
+            None,
+        ),
+        Some(u) if u.totp_secret.is_some() => known_error(
+            StatusCode::BAD_REQUEST,
+            "MULTI_FACTOR_AUTHENTICATION_REQUIRED",
+            "Multi-factor authentication is required for this user.",
+            Some(json!({"attempt_code": format!("attempt-{}", u.id)})),
+        ),
+        Some(u) => json_response(
+            StatusCode::OK,
+            &json!({"access_token": format!("at-{}", u.id), "refresh_token": format!("rt-{}", u.id), "user_id": u.id}),
+        ),
     }
 }
 
