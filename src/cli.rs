@@ -144,7 +144,7 @@ pub enum Command {
     /// What the target must hold is computed from the source alone (filters, lookups, splits);
     /// a target table fed by several units is compared per unit.
     #[command(
-        after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
+        after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n  fmig verify --only sign-in --sign-in accounts.csv   # real accounts through Stack Auth\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
     )]
     Verify(VerifyArgs),
 
