@@ -412,18 +412,8 @@ pub struct ImportArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Stack Auth")]
 pub struct StackAuthOpts {
-    /// The Stack Auth API base: the cloud API, or a self-hosted backend's URL.
-    #[arg(
-        long,
-        env = "STACK_AUTH_API_URL",
-        default_value = crate::stack_auth::DEFAULT_API_URL,
-        value_name = "URL"
-    )]
-    pub stack_auth_url: String,
-
-    /// The Stack Auth project id (a UUID).
-    #[arg(long, env = "STACK_AUTH_PROJECT_ID", value_name = "UUID")]
-    pub project_id: Option<String>,
+    #[command(flatten)]
+    pub project: StackAuthProject,
 
     /// The project's secret server key (ssk_...). Prefer the environment or .env: a flag is
     /// visible to other users in the process list.
@@ -436,12 +426,29 @@ pub struct StackAuthOpts {
     pub secret_key: Option<String>,
 }
 
+/// Which Stack Auth project, and where its API is (migrate-users, verify --sign-in).
+#[derive(Debug, Clone, Args)]
+pub struct StackAuthProject {
+    /// The Stack Auth API base: the cloud API, or a self-hosted backend's URL.
+    #[arg(
+        long,
+        env = "STACK_AUTH_API_URL",
+        default_value = crate::stack_auth::DEFAULT_API_URL,
+        value_name = "URL"
+    )]
+    pub stack_auth_url: String,
+
+    /// The Stack Auth project id (a UUID).
+    #[arg(long, env = "STACK_AUTH_PROJECT_ID", value_name = "UUID")]
+    pub project_id: Option<String>,
+}
+
 impl StackAuthOpts {
     /// The checked settings; the key is registered as a secret before anything else happens.
     pub fn credentials(&self) -> Result<crate::stack_auth::Credentials> {
         crate::stack_auth::Credentials::new(
-            &self.stack_auth_url,
-            self.project_id.as_deref().unwrap_or(""),
+            &self.project.stack_auth_url,
+            self.project.project_id.as_deref().unwrap_or(""),
             self.secret_key.as_deref().unwrap_or(""),
         )
     }
@@ -702,18 +709,9 @@ pub struct VerifyArgs {
     #[arg(long, value_enum, value_name = "PART")]
     pub only: Option<VerifyOnly>,
 
-    /// The Stack Auth API base (for --sign-in).
-    #[arg(
-        long,
-        env = "STACK_AUTH_API_URL",
-        default_value = crate::stack_auth::DEFAULT_API_URL,
-        value_name = "URL"
-    )]
-    pub stack_auth_url: String,
-
-    /// The Stack Auth project id (for --sign-in).
-    #[arg(long, env = "STACK_AUTH_PROJECT_ID", value_name = "UUID")]
-    pub project_id: Option<String>,
+    /// The project --sign-in signs in to.
+    #[command(flatten)]
+    pub stack_auth: StackAuthProject,
 
     /// The project's publishable client key, pck_... (for --sign-in).
     #[arg(

@@ -927,7 +927,13 @@ async fn dry_run(args: &MigrateUsersArgs, plan: &[PlannedUser]) -> Result<Outcom
     progress::suspend(|| print!("{out}"));
 
     let stack = &args.stack_auth;
-    if stack.project_id.as_deref().unwrap_or("").trim().is_empty()
+    if stack
+        .project
+        .project_id
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .is_empty()
         || stack.secret_key.as_deref().unwrap_or("").trim().is_empty()
     {
         let line = "credentials not checked: STACK_AUTH_PROJECT_ID and STACK_AUTH_SECRET_KEY are not both set";

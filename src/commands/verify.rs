@@ -259,8 +259,8 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     let sign_in = match &args.sign_in {
         Some(path) => {
             let settings = crate::sign_in::ClientSettings {
-                api_url: &args.stack_auth_url,
-                project_id: args.project_id.as_deref().unwrap_or(""),
+                api_url: &args.stack_auth.stack_auth_url,
+                project_id: args.stack_auth.project_id.as_deref().unwrap_or(""),
                 publishable_client_key: args.publishable_client_key.as_deref().unwrap_or(""),
             };
             crate::sign_in::check(path, &settings).await?
