@@ -2045,6 +2045,15 @@ mod tests {
         ColumnMap::parse(text, Path::new("fmig.toml"))
     }
 
+    /// The validation error of mapping `text` against the pair, as displayed.
+    fn validation_error(text: &str, source: &Discovered, target: &Discovered) -> String {
+        parse(text)
+            .unwrap()
+            .validate(manifest::builtin(), source, target)
+            .unwrap_err()
+            .to_string()
+    }
+
     fn column(name: &str, type_name: &str) -> Column {
         Column {
             name: name.into(),
@@ -2277,21 +2286,13 @@ mod tests {
 
         // Names are checked against the also entry's own target table.
         let wrong = text.replace("kind = ", "kinds = ");
-        let err = parse(&wrong)
-            .unwrap()
-            .validate(manifest::builtin(), &source, &target)
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&wrong, &source, &target);
         assert!(
             err.contains("[tables.manual_temperature_logs.also] set: target column kinds does not exist in notes"),
             "{err}"
         );
         let missing = text.replace("target = \"notes\"", "target = \"nowhere\"");
-        let err = parse(&missing)
-            .unwrap()
-            .validate(manifest::builtin(), &source, &target)
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&missing, &source, &target);
         assert!(
             err.contains("table nowhere does not exist in the target"),
             "{err}"
@@ -2312,11 +2313,7 @@ mod tests {
             .unwrap();
         // A name that is neither in the source nor in fmig's list is still a mistake.
         let wrong = ok.replace("remove = [\"profile_id\"]", "remove = [\"profle_id\"]");
-        let err = parse(&wrong)
-            .unwrap()
-            .validate(manifest::builtin(), &source, &target)
-            .unwrap_err()
-            .to_string();
+        let err = validation_error(&wrong, &source, &target);
         assert!(
             err.contains("user_id_columns.remove: source column profle_id does not exist"),
             "{err}"
