@@ -774,18 +774,7 @@ impl ColumnMap {
         Ok(units)
     }
 
-    /// The names of a source table's units (see [`ColumnMap::resolve_units`]).
-    pub fn unit_names(&self, source_table: &str) -> Vec<String> {
-        let mut names = vec![source_table.to_string()];
-        if let Some(config) = self.table(source_table)
-            && !config.skip
-        {
-            names.extend(config.also.iter().map(|u| u.name.value.clone()));
-        }
-        names
-    }
-
-    /// The target tables of a source table's units, in [`ColumnMap::unit_names`]' order.
+    /// The target tables of a source table's units, in [`ColumnMap::resolve_units`]' order.
     pub fn unit_targets(&self, source_table: &str) -> Vec<String> {
         let mut targets = vec![self.target_name(source_table).to_string()];
         if let Some(config) = self.table(source_table)
