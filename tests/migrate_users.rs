@@ -814,17 +814,7 @@ fn kill_9_at_random_moments_then_a_rerun_leaves_one_user_each_and_a_complete_map
     let env = emu.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let args = |concurrency: &'static str| {
-        [
-            "migrate-users",
-            "--export-dir",
-            "data",
-            "--oauth-providers",
-            PROVIDERS,
-            "--concurrency",
-            concurrency,
-            "--backoff-ms",
-            "10",
-        ]
+        [&migrate_args(concurrency)[..], &["--backoff-ms", "10"]].concat()
     };
     let spawn = |concurrency: &'static str| {
         work.command(&args(concurrency), &env)
