@@ -1494,13 +1494,15 @@ fn split_findings(
     let matches: Vec<String> = own
         .iter()
         .zip(&theirs)
-        .map(|(o, t)| format!("o.{} = t.{}", quote_ident(t), quote_ident(o)))
+        .map(|(o, t)| format!("src.{} = t.{}", quote_ident(t), quote_ident(o)))
         .collect();
+    // The owner's rows are aliased `src`, as its `where` expects (the lookups' measures do
+    // the same): the condition applies to them unchanged.
     let kept = owner
         .filter
         .as_deref()
         .filter(|_| !inputs.rejected.contains(&owner.unit))
-        .map(|f| format!(" AND {}", pipeline::keep_condition(f).replace("src.", "o.")))
+        .map(|f| format!(" AND {}", pipeline::keep_condition(f)))
         .unwrap_or_default();
     out.push(Pending {
         kind: "split_key_collision",
@@ -1514,7 +1516,7 @@ fn split_findings(
                 owner.source_table
             ),
             sql: count_where(format!(
-                "EXISTS (SELECT 1 FROM {} AS o WHERE {}{kept})",
+                "EXISTS (SELECT 1 FROM {} AS src WHERE {}{kept})",
                 QualifiedName::new(APP_SCHEMA, &owner.source_table).quoted(),
                 matches.join(" AND ")
             )),
