@@ -1345,7 +1345,7 @@ async fn staged(
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
-        let read_back = keys_into.unwrap_or(select);
+        let read_back = keys_into.map_or(ReadBack::Copy(select), ReadBack::InsertKeys);
         if let Err(e) =
             flush_stage(stage, &stage_copy, read_back, &truncate, &mut batch, tally).await
         {
@@ -1425,7 +1425,7 @@ async fn from_file(
     };
     let mut failure = None;
     while let Some(mut batch) = receiver.recv().await {
-        let read_back = keys_into.unwrap_or(select);
+        let read_back = keys_into.map_or(ReadBack::Copy(select), ReadBack::InsertKeys);
         if let Err(e) =
             flush_stage(stage, &stage_copy, read_back, &truncate, &mut batch, tally).await
         {
@@ -1510,10 +1510,18 @@ impl TablePlan {
     }
 }
 
+/// What is done with each staged batch: read back into the tally, or its keys inserted into
+/// a key table ([`stage_keys`]).
+#[derive(Clone, Copy)]
+enum ReadBack<'a> {
+    Copy(&'a str),
+    InsertKeys(&'a str),
+}
+
 async fn flush_stage(
     stage: &Client,
     stage_copy: &str,
-    select: &str,
+    read_back: ReadBack<'_>,
     truncate: &str,
     batch: &mut Vec<u8>,
     tally: &mut Tally,
@@ -1527,11 +1535,9 @@ async fn flush_stage(
     sink.finish()
         .await
         .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
-    if select.starts_with("COPY") {
-        copy_binary(stage, select, tally).await?;
-    } else {
-        // Keys into a temporary table (stage_keys).
-        stage.batch_execute(select).await?;
+    match read_back {
+        ReadBack::Copy(select) => copy_binary(stage, select, tally).await?,
+        ReadBack::InsertKeys(insert) => stage.batch_execute(insert).await?,
     }
     tally.left_behind += staged.saturating_sub(tally.checksum.rows - before);
     stage.batch_execute(truncate).await?;
