@@ -8,6 +8,11 @@
 //! creating them all, then a re-run that finds them all and creates nothing. The previous
 //! scripts' pace (`--concurrency 1 --rate-limit 100`) is measured on `--legacy-users` users
 //! (default 200; 2,000 would take four minutes) and its rate extrapolated.
+//!
+//! Then `fmig verify --only users` (issue #15) for each `--verify-users N,...` (default
+//! 2000,20000): the users are migrated at concurrency 32, then verify lists and compares them;
+//! its wall time and peak RSS (`ru_maxrss` from `wait4`) are printed per size, so memory
+//! growth with the number of users shows.
 //! Run it through `scripts/bench-migrate-users.sh`, which builds the release binary it drives.
 
 #[path = "../tests/support/stack_auth_emulator.rs"]
@@ -25,6 +30,7 @@ struct Options {
     legacy_users: usize,
     latency: u64,
     concurrency: Vec<u16>,
+    verify_users: Vec<usize>,
     fmig: PathBuf,
     workdir: PathBuf,
 }
@@ -36,6 +42,7 @@ fn parse_args() -> Result<Options, String> {
         legacy_users: 200,
         latency: 20,
         concurrency: vec![4, 16, 32],
+        verify_users: vec![2_000, 20_000],
         fmig: exe
             .parent()
             .and_then(Path::parent)
@@ -61,12 +68,20 @@ fn parse_args() -> Result<Options, String> {
                     .map(|c| c.trim().parse::<u16>().map_err(|e| e.to_string()))
                     .collect::<Result<_, _>>()?
             }
+            "--verify-users" => {
+                o.verify_users = value("--verify-users")?
+                    .split(',')
+                    .filter(|c| !c.trim().is_empty())
+                    .map(|c| number(c.trim().to_string()))
+                    .collect::<Result<_, _>>()?
+            }
             "--fmig" => o.fmig = value("--fmig")?.into(),
             "--workdir" => o.workdir = value("--workdir")?.into(),
             "-h" | "--help" => {
                 println!(
                     "usage: bench_migrate_users [--users N (2000)] [--latency MS (20)] \
-                     [--concurrency 4,16,32] [--legacy-users N (200; 0 skips)] [--fmig PATH] [--workdir DIR]"
+                     [--concurrency 4,16,32] [--legacy-users N (200; 0 skips)] \
+                     [--verify-users 2000,20000 (empty skips)] [--fmig PATH] [--workdir DIR]"
                 );
                 std::process::exit(0);
             }
@@ -148,23 +163,23 @@ struct Measured {
     requests: u64,
 }
 
-fn run_fmig(o: &Options, dir: &Path, emu: &Emulator, extra: &[&str]) -> f64 {
+fn fmig(o: &Options, dir: &Path, emu: &Emulator, command: &[&str]) -> Command {
     let mut cmd = Command::new(&o.fmig);
     cmd.current_dir(dir)
-        .args([
-            "--no-progress",
-            "-q",
-            "migrate-users",
-            "--export-dir",
-            "data",
-        ])
-        .args(extra)
+        .args(["--no-progress", "-q"])
+        .args(command)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("NO_COLOR", "1");
     for (k, v) in emu.env() {
         cmd.env(k, v);
     }
+    cmd
+}
+
+fn run_fmig(o: &Options, dir: &Path, emu: &Emulator, extra: &[&str]) -> f64 {
+    let args = [&["migrate-users", "--export-dir", "data"][..], extra].concat();
+    let mut cmd = fmig(o, dir, emu, &args);
     let started = Instant::now();
     let out = cmd.output().expect("run fmig");
     let seconds = started.elapsed().as_secs_f64();
@@ -179,8 +194,10 @@ fn run_fmig(o: &Options, dir: &Path, emu: &Emulator, extra: &[&str]) -> f64 {
     seconds
 }
 
-fn measure(o: &Options, label: &str, users: usize, extra: &[&str], rerun: bool) -> Measured {
-    let dir = o.workdir.join(label.replace([' ', '='], "_"));
+/// A fresh directory `name` with `users` users in data/auth_users.json, and a fresh emulator
+/// with the benchmark's latency.
+fn setup(o: &Options, name: &str, users: usize) -> (PathBuf, Emulator) {
+    let dir = o.workdir.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("data")).expect("bench dir");
     write_users(&dir.join("data/auth_users.json"), users);
@@ -191,6 +208,11 @@ fn measure(o: &Options, label: &str, users: usize, extra: &[&str], rerun: bool) 
             ..Faults::default()
         },
     );
+    (dir, emu)
+}
+
+fn measure(o: &Options, label: &str, users: usize, extra: &[&str], rerun: bool) -> Measured {
+    let (dir, emu) = setup(o, &label.replace([' ', '='], "_"), users);
     let seconds = run_fmig(o, &dir, &emu, extra);
     let created = emu.users().len();
     assert_eq!(
@@ -215,6 +237,63 @@ fn measure(o: &Options, label: &str, users: usize, extra: &[&str], rerun: bool) 
         rerun_seconds,
         requests,
     }
+}
+
+/// Runs `command` to its end under `/usr/bin/time`; its wall seconds and peak RSS in MiB.
+/// Not `wait4` from here: the child is forked from this process, which holds the emulator's
+/// users, and `ru_maxrss` would count that copy before the exec.
+fn run_measured(command: Command, dir: &Path) -> (f64, f64) {
+    let stderr_path = dir.join("stderr.txt");
+    let time_path = dir.join("time.txt");
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%e %M")
+        .arg("-o")
+        .arg(&time_path)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .current_dir(command.get_current_dir().unwrap_or(dir))
+        .env_clear()
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    let status = timed
+        .status()
+        .expect("run /usr/bin/time (Debian package time)");
+    assert!(
+        status.success(),
+        "fmig verify failed ({status}):\n{}",
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&time_path).expect("time's output");
+    let mut fields = text.split_whitespace();
+    let seconds: f64 = fields.next().and_then(|f| f.parse().ok()).expect("seconds");
+    let kib: f64 = fields.next().and_then(|f| f.parse().ok()).expect("max RSS");
+    (seconds, kib / 1024.0)
+}
+
+/// `fmig verify --only users` after migrating `users` users: (seconds, peak RSS MiB, accounts).
+fn measure_verify(o: &Options, users: usize) -> (f64, f64, usize) {
+    let (dir, emu) = setup(o, &format!("verify_{users}"), users);
+    run_fmig(o, &dir, &emu, &["--concurrency", "32"]);
+    let accounts = emu.users().len();
+    assert_eq!(accounts, users, "{accounts} users created of {users}");
+    let lists_before = emu.counts().lists;
+    let (seconds, rss) = run_measured(
+        fmig(
+            o,
+            &dir,
+            &emu,
+            &["verify", "--export-dir", "data", "--only", "users"],
+        ),
+        &dir,
+    );
+    let pages = emu.counts().lists - lists_before;
+    println!(
+        "   verify --only users: {users} users, {pages} pages, {seconds:.2}s, {rss:.1} MiB peak RSS"
+    );
+    (seconds, rss, accounts)
 }
 
 fn main() {
@@ -278,5 +357,26 @@ fn main() {
     println!(
         "\nThe previous scripts: one request at a time, 100 ms pause = about 8 users/s, 250 s for 2,000."
     );
+    if !o.verify_users.is_empty() {
+        println!(
+            "\n== fmig verify --only users, emulator latency {} ms per request",
+            o.latency
+        );
+        let measured: Vec<(usize, (f64, f64, usize))> = o
+            .verify_users
+            .iter()
+            .map(|&n| (n, measure_verify(&o, n)))
+            .collect();
+        println!(
+            "\n{:>8} {:>9} {:>8} {:>14}",
+            "users", "seconds", "users/s", "peak RSS MiB"
+        );
+        for (n, (seconds, rss, _)) in &measured {
+            println!(
+                "{n:>8} {seconds:>9.2} {:>8.0} {rss:>14.1}",
+                *n as f64 / seconds
+            );
+        }
+    }
     let _ = std::fs::remove_dir_all(&o.workdir);
 }

@@ -259,7 +259,8 @@ fn run(options: &Options, interrupted: &AtomicBool) -> i32 {
         Some(why) => println!("\nThe rehearsal stopped: {why} (its output is above)."),
         None => println!(
             "\nThe rehearsal passed: every row moved but those the mapping leaves behind on purpose \
-             (listed in left-behind/), and verify proved the target holds what the source says."
+             (listed in left-behind/), verify proved the target holds what the source says, and Stack Auth \
+             holds exactly the accounts migrate-users planned."
         ),
     }
     if options.keep {

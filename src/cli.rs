@@ -455,7 +455,10 @@ impl StackAuthOpts {
 }
 
 /// What to do with users banned in Supabase (`banned_until` in the future).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum BannedPolicy {
     /// Do not create them; list them.
     Skip,
@@ -566,8 +569,8 @@ pub enum MappingCommand {
     )]
     Lookup(MappingLookupArgs),
 
-    /// Delete user-mapping.json, its journal, password-reset-needed.csv and
-    /// users-needing-attention.csv once retainUntil
+    /// Delete user-mapping.json, its journal, password-reset-needed.csv,
+    /// users-needing-attention.csv and user-migration.choices.json once retainUntil
     /// (90 days after the migration) has passed. Refuses before then (exit code 1) unless
     /// --force.
     #[command(after_help = "Examples:\n  fmig mapping prune\n  fmig mapping prune --force")]
@@ -636,8 +639,11 @@ pub enum VerifyAgainst {
 /// The part of the migration verify checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum VerifyOnly {
-    /// The tables (the default, with --sign-in too when given).
+    /// The tables alone.
     Tables,
+    /// The Stack Auth accounts alone, against auth_users.json and user-mapping.json (no
+    /// database needed).
+    Users,
     /// Only the sign-ins of --sign-in (no database needed).
     SignIn,
 }
@@ -705,13 +711,14 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PATH")]
     pub sign_in: Option<PathBuf>,
 
-    /// Check only this part.
+    /// Check only this part. Without it: the tables; the users too when the Stack Auth settings
+    /// (STACK_AUTH_PROJECT_ID, STACK_AUTH_SECRET_KEY) are present; the sign-ins of --sign-in.
     #[arg(long, value_enum, value_name = "PART")]
     pub only: Option<VerifyOnly>,
 
-    /// The project --sign-in signs in to.
+    /// The project the users were migrated into (users check, --sign-in).
     #[command(flatten)]
-    pub stack_auth: StackAuthProject,
+    pub stack_auth: StackAuthOpts,
 
     /// The project's publishable client key, pck_... (for --sign-in).
     #[arg(

@@ -438,6 +438,9 @@ pub struct User {
     pub signed_up_at_millis: Option<i64>,
     #[serde(default)]
     pub is_anonymous: bool,
+    /// TOTP two-factor authentication is on (a `totp_secret_base64` was set).
+    #[serde(default)]
+    pub requires_totp_mfa: bool,
 }
 
 impl User {
@@ -610,9 +613,24 @@ impl Client {
         mut on_page: impl FnMut(usize),
     ) -> Result<Vec<User>, ApiError> {
         let mut all = Vec::new();
+        self.for_each_page(query, |items| {
+            all.extend(items);
+            on_page(all.len());
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Like [`Client::list_all_users`], but hands each page to `page` and keeps nothing, so
+    /// memory does not grow with the number of users.
+    pub async fn for_each_page(
+        &self,
+        query: Option<&str>,
+        mut page: impl FnMut(Vec<User>),
+    ) -> Result<(), ApiError> {
         let mut cursor: Option<String> = None;
         loop {
-            let page = self
+            let answer = self
                 .list_users(&ListQuery {
                     limit: Some(LIST_PAGE_SIZE),
                     cursor: cursor.clone(),
@@ -620,15 +638,13 @@ impl Client {
                     include_anonymous: true,
                 })
                 .await?;
-            all.extend(page.items);
-            on_page(all.len());
-            match page.pagination.next_cursor {
+            page(answer.items);
+            match answer.pagination.next_cursor {
                 // A server that hands back the same cursor would loop forever.
                 Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        Ok(all)
     }
 
     /// One cheap authenticated read (`GET /api/v1/users?limit=1`): are the credentials right

@@ -19,7 +19,7 @@
 //! Stack Auth has answered; the mapping file is rewritten atomically from the journal. A kill
 //! at any moment leaves at worst a torn last journal line, which [`Journal::open`] drops.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,8 @@ pub const JOURNAL_FILE_NAME: &str = "user-migration.journal.jsonl";
 /// The list of users to contact, next to the mapping file.
 pub const RESET_CSV_FILE_NAME: &str = "password-reset-needed.csv";
 pub const ATTENTION_CSV_FILE_NAME: &str = "users-needing-attention.csv";
+/// What migrate-users decided with (its flags, the users file), for `verify --only users`.
+pub const CHOICES_FILE_NAME: &str = "user-migration.choices.json";
 /// How long the mapping is kept for customer support.
 pub const RETENTION_DAYS: i64 = 90;
 
@@ -48,6 +50,11 @@ pub fn journal_path(mapping_path: &Path) -> PathBuf {
 /// The password-reset list of the mapping at `mapping_path` (same directory).
 pub fn reset_csv_path(mapping_path: &Path) -> PathBuf {
     sibling(mapping_path, RESET_CSV_FILE_NAME)
+}
+
+/// The choices of the migrate-users run that wrote the mapping at `mapping_path`.
+pub fn choices_path(mapping_path: &Path) -> PathBuf {
+    sibling(mapping_path, CHOICES_FILE_NAME)
 }
 
 /// Every user migrate-users could not carry over as-is, next to the mapping.
@@ -67,7 +74,7 @@ pub fn iso(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-mod iso_time {
+pub(crate) mod iso_time {
     use super::*;
     use serde::{Deserializer, Serializer};
 
@@ -312,6 +319,20 @@ impl JournalContents {
         map
     }
 
+    /// Supabase users whose current mapping is an adopted account (`--adopt-existing`): an
+    /// account fmig did not create, so it carries no `supabase_user_id` of fmig's.
+    pub fn adopted(&self, project_id: &str) -> HashSet<String> {
+        let mut adopted = HashSet::new();
+        for e in self.entries.iter().filter(|e| e.project_id == project_id) {
+            if e.event == JournalEvent::Adopted {
+                adopted.insert(e.supabase_user_id.clone());
+            } else {
+                adopted.remove(&e.supabase_user_id);
+            }
+        }
+        adopted
+    }
+
     /// Lines that belong to other projects.
     pub fn other_projects(&self, project_id: &str) -> usize {
         self.entries
@@ -370,6 +391,18 @@ impl Journal {
             },
             contents,
         ))
+    }
+
+    /// Reads the journal at `path` without changing it (`None` when there is none); an
+    /// incomplete last line is left out, as [`Journal::open`] would cut it.
+    pub fn read(path: &Path) -> Result<Option<JournalContents>> {
+        match std::fs::read(path) {
+            Ok(bytes) => parse(&bytes, path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("could not read the journal {}", path.display()))
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -502,6 +502,7 @@ fn every_category_migrates_by_the_rules_and_a_rerun_creates_nothing() {
         "password-reset-needed.csv",
         "users-needing-attention.csv",
         "user-migration.journal.jsonl",
+        "user-migration.choices.json",
     ] {
         assert!(!dir.join(name).exists(), "{name} survived prune");
     }
@@ -762,6 +763,9 @@ fn an_existing_account_with_the_same_email_is_a_conflict_until_adopted() {
         .expect("adopted user mapped");
     assert_eq!(adopted["stackAuthUserId"], existing.as_str());
     assert_eq!(emu.users().len(), migratable(f).len());
+    // The adopted account is explained by the journal, and only its e-mail is fmig's to check.
+    let run = verify_users(&work, &emu, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 }
 
 #[test]
@@ -883,6 +887,9 @@ fn kill_9_at_random_moments_then_a_rerun_leaves_one_user_each_and_a_complete_map
         serde_json::from_str::<Value>(line)
             .unwrap_or_else(|e| panic!("journal line {} is damaged: {e}: {line}", i + 1));
     }
+    // Stack Auth holds exactly what the plan says, field by field.
+    let run = verify_users(&work, &emu, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let reconciled = journal.matches("\"event\":\"reconciled\"").count();
     assert!(
         reconciled >= stalled_users,
@@ -1096,4 +1103,175 @@ fn sign_in_with_migrated_accounts_succeeds_names_refusals_and_spots_totp() {
     std::fs::write(&path, csv.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
     let run = verify(&["--sign-in", "accounts.csv"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+}
+
+/// `fmig verify --only users` on `data/`.
+fn verify_users(work: &Workdir, emu: &Emulator, extra: &[&str]) -> Run {
+    let env = emu.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut args = vec!["verify", "--export-dir", "data", "--only", "users"];
+    args.extend_from_slice(extra);
+    work.run(&args, &env)
+}
+
+fn users_report(work: &Workdir) -> Value {
+    let text = std::fs::read_to_string(work.path().join("data/verification-report.json")).unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    report["users"].clone()
+}
+
+#[test]
+fn verify_users_passes_after_a_clean_migration_and_names_each_broken_account() {
+    let f = fixture();
+    let emu = emulator_with(Faults::default());
+    let work = workdir(None);
+    migrate(&work, &emu, &[]).expect_code(0);
+
+    let run = verify_users(&work, &emu, &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = users_report(&work);
+    let creates = migratable(f).len() as u64;
+    assert_eq!(report["status"], "ok", "{report:#}");
+    assert_eq!(report["migratable"], creates);
+    assert_eq!(report["migratable_ok"], creates);
+    assert_eq!(report["skipped"], f.users.len() as u64 - creates);
+    assert_eq!(report["accounts_listed"], creates);
+    assert!(run.stdout.contains("users verified"), "{}", run.stdout);
+
+    // One account broken per way it can break, each on another user.
+    let stored = by_supabase_id(&emu);
+    let mut taken: BTreeSet<&str> = BTreeSet::new();
+    let mut pick = |what: &str, ok: &dyn Fn(&SeededUser) -> bool| -> &'static SeededUser {
+        let u = f
+            .users
+            .iter()
+            .find(|u| !taken.contains(u.id.as_str()) && ok(u))
+            .unwrap_or_else(|| panic!("no seeded user for {what}"));
+        taken.insert(u.id.as_str());
+        u
+    };
+    let plain = |u: &SeededUser| {
+        expected_category(u) == "password" && u.carried_totp().is_none() && !u.loses_2fa()
+    };
+    let deleted = pick("a deleted account", &plain);
+    let doubled = pick("a second account", &plain);
+    let renamed = pick("a changed e-mail", &plain);
+    let no_password = pick("a lost password", &plain);
+    let no_oauth = pick("a lost OAuth account", &|u| {
+        expected_category(u) == "oauth" && u.carried_totp().is_none()
+    });
+    let no_totp = pick("a lost TOTP secret", &|u| {
+        expected_category(u) != "skipped" && u.carried_totp().is_some()
+    });
+    let banned = pick("a skipped user", &|u| u.banned);
+    emu.delete_user(&stored[&deleted.id].id);
+    let second = emu.insert_user(serde_json::json!({
+        "primary_email": "second-account@freshtrack.example",
+        "server_metadata": {"supabase_user_id": doubled.id},
+    }));
+    emu.update_user(&stored[&renamed.id].id, |u| {
+        u.primary_email = Some("someone-else@freshtrack.example".into())
+    });
+    emu.update_user(&stored[&no_password.id].id, |u| u.password_hash = None);
+    emu.update_user(&stored[&no_oauth.id].id, |u| u.oauth_providers.clear());
+    emu.update_user(&stored[&no_totp.id].id, |u| u.totp_secret = None);
+    let for_banned = emu.insert_user(serde_json::json!({
+        "display_name": "created for a banned user",
+        "server_metadata": {"supabase_user_id": banned.id},
+    }));
+    let stranger = emu.insert_user(serde_json::json!({
+        "primary_email": "stranger@elsewhere.example",
+        "primary_email_auth_enabled": true,
+    }));
+
+    let run = verify_users(&work, &emu, &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report = users_report(&work);
+    assert_eq!(report["status"], "differs");
+    let problems: Vec<(String, String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["supabase_user_id"]
+                    .as_str()
+                    .or(p["stack_auth_user_id"].as_str())
+                    .unwrap()
+                    .to_string(),
+                p["field"].as_str().unwrap().to_string(),
+                format!("{} / {}", p["expected"], p["found"]),
+            )
+        })
+        .collect();
+    let expect = [
+        (deleted.id.as_str(), "account"),
+        (doubled.id.as_str(), "account"),
+        (renamed.id.as_str(), "primary_email"),
+        (no_password.id.as_str(), "has_password"),
+        (no_oauth.id.as_str(), "oauth_providers"),
+        (no_totp.id.as_str(), "requires_totp_mfa"),
+        (banned.id.as_str(), "account"),
+        (stranger.as_str(), "unexplained account"),
+    ];
+    let found: BTreeSet<(&str, &str)> = problems
+        .iter()
+        .map(|(who, field, _)| (who.as_str(), field.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        expect.iter().copied().collect::<BTreeSet<_>>(),
+        "{problems:#?}"
+    );
+    assert_eq!(report["problems_total"], expect.len() as u64);
+    assert_eq!(report["migratable_ok"], creates - 6);
+    assert_eq!(report["unexplained"], 1);
+    let second_problem = problems.iter().find(|p| p.0 == doubled.id).unwrap();
+    assert!(second_problem.2.contains(&second), "{second_problem:?}");
+    let banned_problem = problems.iter().find(|p| p.0 == banned.id).unwrap();
+    assert!(
+        banned_problem.2.contains("skipped") && banned_problem.2.contains(&for_banned),
+        "{banned_problem:?}"
+    );
+    // The console names each user and field too.
+    for (who, field) in expect {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.contains(who) && l.contains(&format!(": {field}: "))),
+            "{who} {field} not named:\n{}",
+            run.stdout
+        );
+    }
+
+    // The expectation comes from the export: a users file changed since migrate-users read it
+    // is refused (exit 2), as is a missing mapping.
+    let users_file = work.path().join("data/auth_users.json");
+    let original = std::fs::read(&users_file).unwrap();
+    std::fs::write(&users_file, [&original[..], b"\n"].concat()).unwrap();
+    let run = verify_users(&work, &emu, &[]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("is not the users file migrate-users read"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&users_file, &original).unwrap();
+    let run = verify_users(&work, &emu, &["--mapping", "data/nowhere.json"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("run fmig migrate-users first"),
+        "{}",
+        run.stderr
+    );
+    // The server key never shows.
+    let key = emu
+        .env()
+        .into_iter()
+        .find(|(k, _)| *k == "STACK_AUTH_SECRET_KEY")
+        .unwrap()
+        .1;
+    assert!(!run.stdout.contains(&key) && !run.stderr.contains(&key));
+    assert!(!work.log().contains(&key));
 }

@@ -94,9 +94,11 @@ fn prune(args: &MappingPruneArgs) -> Result<Outcome> {
         user_mapping::journal_path(&path),
         user_mapping::reset_csv_path(&path),
         user_mapping::attention_csv_path(&path),
+        user_mapping::choices_path(&path),
         temp_of(&path),
         temp_of(&user_mapping::reset_csv_path(&path)),
         temp_of(&user_mapping::attention_csv_path(&path)),
+        temp_of(&user_mapping::choices_path(&path)),
     ];
     let mut deleted = Vec::new();
     for target in &targets {

@@ -34,7 +34,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::Outcome;
 use crate::cli::{BannedPolicy, MigrateUsersArgs};
 use crate::files;
-use crate::metadata::{self, FileEntry, Metadata};
+use crate::metadata::{self, Metadata};
 use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::stack_auth::{
@@ -329,23 +329,17 @@ pub async fn run(args: &MigrateUsersArgs) -> Result<Outcome> {
             .unwrap_or(Path::new("."));
         Some(crate::lock::DirLock::acquire(dir, "migrate-users")?)
     };
-    let input = input_path(args)?;
-    let recorded = recorded_entry(args, &input)?;
-    let hashed = match &recorded {
-        Some(_) => Some(files::sha256_file(&input)?),
-        None => None,
-    };
-    let users = read_users(&input)?;
-    if let (Some(entry), Some((bytes, sha256))) = (&recorded, hashed) {
-        let read = crate::json_rows::FileRead {
-            rows: users.len() as u64,
-            bytes,
-            sha256,
-        };
-        entry
-            .check_read(&input, &read)
-            .context("migrate-users checks the users file first; nothing was sent to Stack Auth")?;
-    }
+    let input = input_path(args);
+    let mut users = Vec::new();
+    let mut seen = HashSet::new();
+    let input_sha256 = read_checked_users(&args.export_dir, &input, args.input.is_some(), |u| {
+        if !seen.insert(u.id.to_lowercase()) {
+            bail!("{}: user {} appears twice", input.display(), u.id);
+        }
+        users.push(u);
+        Ok(())
+    })
+    .context("migrate-users checks the users file first; nothing was sent to Stack Auth")?;
     let options = PlanOptions {
         oauth_providers: args
             .oauth_providers
@@ -375,6 +369,19 @@ pub async fn run(args: &MigrateUsersArgs) -> Result<Outcome> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("could not create {}", dir.display()))?;
     }
+    let mut oauth_providers: Vec<String> = options.oauth_providers.iter().cloned().collect();
+    oauth_providers.sort();
+    UserChoices {
+        project_id: project_id.clone(),
+        oauth_providers,
+        include_deleted: options.include_deleted,
+        banned: options.banned,
+        adopt_existing: args.adopt_existing,
+        planned_at: options.now,
+        input: input.display().to_string(),
+        input_sha256,
+    }
+    .write(&output)?;
 
     // Stage 2: what already exists.
     let (mut journal, contents) = Journal::open(&user_mapping::journal_path(&output))?;
@@ -487,36 +494,114 @@ fn client_options(args: &MigrateUsersArgs) -> ClientOptions {
 }
 
 /// `--input`, or the export directory's `auth_users.json` (or `.json.gz`).
-fn input_path(args: &MigrateUsersArgs) -> Result<PathBuf> {
-    if let Some(input) = &args.input {
-        return Ok(input.clone());
+fn input_path(args: &MigrateUsersArgs) -> PathBuf {
+    match &args.input {
+        Some(input) => input.clone(),
+        None => users_file(&args.export_dir),
     }
-    let plain = args.export_dir.join(metadata::AUTH_USERS_FILE);
-    let gz = args
-        .export_dir
-        .join(format!("{}.gz", metadata::AUTH_USERS_FILE));
+}
+
+/// The export directory's `auth_users.json`, or `auth_users.json.gz` when only that exists.
+pub fn users_file(export_dir: &Path) -> PathBuf {
+    let plain = export_dir.join(metadata::AUTH_USERS_FILE);
+    let gz = export_dir.join(format!("{}.gz", metadata::AUTH_USERS_FILE));
     if !plain.exists() && gz.exists() {
-        return Ok(gz);
+        return gz;
     }
-    Ok(plain)
+    plain
 }
 
-/// What the export's `metadata.json` recorded for the users file, when the file is the one of
-/// an export directory that has it: a file edited after the export (an e-mail or a password
-/// hash changed by hand) is then refused, not migrated. A file given with `--input`, or a
-/// directory without `metadata.json`, is taken as it is.
-fn recorded_entry(args: &MigrateUsersArgs, input: &Path) -> Result<Option<FileEntry>> {
-    if args.input.is_some() || !args.export_dir.join(metadata::FILE_NAME).exists() {
-        return Ok(None);
+/// Reads the users file `input`, handing each user to `each` without keeping any, and returns
+/// the file's SHA-256. When the file is the one of an export directory with a `metadata.json`
+/// (`given` false: not `--input`), the recorded size, hash and row count are checked: a file
+/// edited after the export (an e-mail or a password hash changed by hand) is refused. A file
+/// given with `--input`, or a directory without `metadata.json`, is taken as it is.
+pub fn read_checked_users(
+    export_dir: &Path,
+    input: &Path,
+    given: bool,
+    each: impl FnMut(SupabaseUser) -> Result<()>,
+) -> Result<String> {
+    let recorded = if given || !export_dir.join(metadata::FILE_NAME).exists() {
+        None
+    } else {
+        Metadata::load(export_dir)?
+            .auth_users
+            .filter(|entry| input.file_name().is_some_and(|name| *name == *entry.file))
+    };
+    let (bytes, sha256) = files::sha256_file(input).with_context(|| {
+        format!(
+            "could not read the exported users {}: run fmig export first (without --skip-auth), or pass --input",
+            input.display()
+        )
+    })?;
+    let rows = for_each_user(input, each)?;
+    if let Some(entry) = &recorded {
+        let read = crate::json_rows::FileRead {
+            rows,
+            bytes,
+            sha256: sha256.clone(),
+        };
+        entry.check_read(input, &read)?;
     }
-    let metadata = Metadata::load(&args.export_dir)?;
-    Ok(metadata
-        .auth_users
-        .filter(|entry| input.file_name().is_some_and(|name| *name == *entry.file)))
+    Ok(sha256)
 }
 
-/// Reads the export's JSON array of users.
-pub fn read_users(path: &Path) -> Result<Vec<SupabaseUser>> {
+/// What a migrate-users run decided with, written next to the mapping before anything is
+/// created, so `fmig verify --only users` plans every user exactly as that run did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserChoices {
+    pub project_id: String,
+    /// Stack Auth provider ids, lower-case, sorted.
+    pub oauth_providers: Vec<String>,
+    pub include_deleted: bool,
+    pub banned: BannedPolicy,
+    pub adopt_existing: bool,
+    /// The instant bans were judged at (a ban that ends later still made the user "banned").
+    #[serde(with = "crate::user_mapping::iso_time")]
+    pub planned_at: DateTime<Utc>,
+    /// The users file read, and its SHA-256.
+    pub input: String,
+    pub input_sha256: String,
+}
+
+impl UserChoices {
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            oauth_providers: self.oauth_providers.iter().cloned().collect(),
+            include_deleted: self.include_deleted,
+            banned: self.banned,
+            now: self.planned_at,
+        }
+    }
+
+    /// The choices recorded next to `mapping_path`, `None` when there are none.
+    pub fn load(mapping_path: &Path) -> Result<Option<UserChoices>> {
+        let path = user_mapping::choices_path(mapping_path);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("could not read {}", path.display())),
+        };
+        serde_json::from_slice(&bytes).map(Some).with_context(|| {
+            format!(
+                "{} is not fmig's record of a migrate-users run (edited by hand?); run \
+                 fmig migrate-users again to rewrite it (nothing is created twice)",
+                path.display()
+            )
+        })
+    }
+
+    fn write(&self, mapping_path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self)?;
+        files::write_atomically(&user_mapping::choices_path(mapping_path), &json)?;
+        Ok(())
+    }
+}
+
+/// Streams the export's JSON array of users (plain or gzip) through `each`, one user in memory
+/// at a time; returns how many there were.
+pub fn for_each_user(path: &Path, mut each: impl FnMut(SupabaseUser) -> Result<()>) -> Result<u64> {
     let file = std::fs::File::open(path).with_context(|| {
         format!(
             "could not open the exported users {}: run fmig export first (without --skip-auth), or pass --input",
@@ -524,23 +609,68 @@ pub fn read_users(path: &Path) -> Result<Vec<SupabaseUser>> {
         )
     })?;
     let reader = BufReader::with_capacity(256 * 1024, file);
-    let users: Vec<SupabaseUser> = if path.extension().is_some_and(|e| e == "gz") {
-        serde_json::from_reader(BufReader::new(flate2::read::GzDecoder::new(reader)))
+    let mut failed: Option<anyhow::Error> = None;
+    let visitor = UserVisitor {
+        each: &mut each,
+        failed: &mut failed,
+    };
+    let parsed = if path.extension().is_some_and(|e| e == "gz") {
+        let mut de = serde_json::Deserializer::from_reader(BufReader::new(
+            flate2::read::GzDecoder::new(reader),
+        ));
+        serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|n| de.end().map(|_| n))
     } else {
-        serde_json::from_reader(reader)
+        let mut de = serde_json::Deserializer::from_reader(reader);
+        serde::Deserializer::deserialize_seq(&mut de, visitor).and_then(|n| de.end().map(|_| n))
+    };
+    if let Some(e) = failed {
+        return Err(e);
     }
-    .with_context(|| {
+    parsed.with_context(|| {
         format!(
             "{} is not fmig's auth_users.json (a JSON array of auth.users rows)",
             path.display()
         )
-    })?;
+    })
+}
+
+/// Hands the array's users to a callback one by one; the callback's error ends the array.
+struct UserVisitor<'a, F> {
+    each: &'a mut F,
+    failed: &'a mut Option<anyhow::Error>,
+}
+
+impl<'de, F: FnMut(SupabaseUser) -> Result<()>> serde::de::Visitor<'de> for UserVisitor<'_, F> {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON array of users")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        let mut n = 0u64;
+        while let Some(user) = seq.next_element::<SupabaseUser>()? {
+            n += 1;
+            if let Err(e) = (self.each)(user) {
+                *self.failed = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Reads every user of the file into memory, refusing an id that appears twice.
+pub fn read_users(path: &Path) -> Result<Vec<SupabaseUser>> {
+    let mut users = Vec::new();
     let mut seen = HashSet::new();
-    for u in &users {
+    for_each_user(path, |u| {
         if !seen.insert(u.id.to_lowercase()) {
             bail!("{}: user {} appears twice", path.display(), u.id);
         }
-    }
+        users.push(u);
+        Ok(())
+    })?;
     Ok(users)
 }
 
@@ -550,15 +680,12 @@ pub fn read_users(path: &Path) -> Result<Vec<SupabaseUser>> {
 /// Categorises every user and builds the bodies of those to create.
 pub fn plan(users: &[SupabaseUser], options: &PlanOptions) -> Vec<PlannedUser> {
     let mut planned: Vec<PlannedUser> = users.iter().map(|u| plan_user(u, options)).collect();
-    // Two users that would both be created with one e-mail: Stack Auth would take the first
-    // and answer 409 to the second, whichever came first. Which one keeps it is a human call.
-    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, p) in planned.iter().enumerate() {
-        if let (true, Some(email)) = (p.category.creates(), &p.email) {
-            by_email.entry(email.to_lowercase()).or_default().push(i);
-        }
-    }
-    for group in by_email.values().filter(|g| g.len() > 1) {
+    let groups = shared_emails(
+        planned
+            .iter()
+            .map(|p| p.email.as_deref().filter(|_| p.category.creates())),
+    );
+    for group in &groups {
         let ids: Vec<String> = group.iter().map(|&i| planned[i].id.clone()).collect();
         for &i in group {
             let p = &mut planned[i];
@@ -579,7 +706,22 @@ pub fn plan(users: &[SupabaseUser], options: &PlanOptions) -> Vec<PlannedUser> {
     planned
 }
 
-fn plan_user(u: &SupabaseUser, options: &PlanOptions) -> PlannedUser {
+/// Two users that would both be created with one e-mail: Stack Auth would take the first and
+/// answer 409 to the second, whichever came first. Which one keeps it is a human call, so
+/// each such group (indexes into `emails`, the e-mails of the users that would be created) is
+/// a [`Category::DuplicateEmail`].
+pub fn shared_emails<'a>(emails: impl Iterator<Item = Option<&'a str>>) -> Vec<Vec<usize>> {
+    let mut by_email: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, email) in emails.enumerate() {
+        if let Some(email) = email {
+            by_email.entry(email.to_lowercase()).or_default().push(i);
+        }
+    }
+    by_email.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// One user's category and body, before [`shared_emails`] is applied.
+pub fn plan_user(u: &SupabaseUser, options: &PlanOptions) -> PlannedUser {
     let email = u
         .email
         .as_deref()

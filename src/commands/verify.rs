@@ -68,6 +68,8 @@ use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::user_mapping::UserMapping;
 
+mod users;
+
 /// Buckets per table for locating differences: 256 checksums per side cost nothing to keep,
 /// and a single changed row then costs a re-read of 1/256 of the table.
 const BUCKETS: usize = 256;
@@ -84,6 +86,10 @@ pub struct VerifyReport {
     pub against: String,
     pub algorithm: String,
     pub tables: Vec<TableReport>,
+    /// The Stack Auth accounts against the export and the mapping (`--only users`, or a plain
+    /// verify with the Stack Auth settings present).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<users::UsersReport>,
     /// `--sign-in`: each account's sign-in through Stack Auth.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sign_in: Vec<crate::sign_in::SignIn>,
@@ -255,12 +261,17 @@ struct Shared {
 
 pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     let started = Instant::now();
+    if let (Some(only), Some(_)) = (args.only, &args.sign_in)
+        && only != VerifyOnly::SignIn
+    {
+        bail!("--sign-in signs in: it goes without --only, or with --only sign-in");
+    }
     // Sign-ins first: quick, and they need no database.
     let sign_in = match &args.sign_in {
         Some(path) => {
             let settings = crate::sign_in::ClientSettings {
-                api_url: &args.stack_auth.stack_auth_url,
-                project_id: args.stack_auth.project_id.as_deref().unwrap_or(""),
+                api_url: &args.stack_auth.project.stack_auth_url,
+                project_id: args.stack_auth.project.project_id.as_deref().unwrap_or(""),
                 publishable_client_key: args.publishable_client_key.as_deref().unwrap_or(""),
             };
             crate::sign_in::check(path, &settings).await?
@@ -270,8 +281,21 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         }
         None => Vec::new(),
     };
-    if args.only == Some(VerifyOnly::SignIn) {
-        return finish(args, Vec::new(), sign_in, started);
+    // Then the users: they need no database either.
+    let check_users = match args.only {
+        Some(only) => only == VerifyOnly::Users,
+        None => users::wanted_by_default(args),
+    };
+    if args.only.is_none() && !check_users {
+        info!(target: "fmig::report", "users not verified: STACK_AUTH_PROJECT_ID and STACK_AUTH_SECRET_KEY are not both set, or there is no auth_users.json or user-mapping.json (--only users says which)");
+    }
+    let users = if check_users {
+        Some(users::verify(args).await?)
+    } else {
+        None
+    };
+    if matches!(args.only, Some(VerifyOnly::SignIn | VerifyOnly::Users)) {
+        return finish(args, Vec::new(), users, sign_in, started);
     }
     if args.tables.iter().all(|t| manifest::is_builtin(t)) {
         manifest::select(manifest::builtin(), &args.tables, false)?;
@@ -489,17 +513,20 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
         .await?;
     }
 
-    finish(args, reports, sign_in, started)
+    finish(args, reports, users, sign_in, started)
 }
 
 /// The report (console and JSON) and the outcome.
 fn finish(
     args: &VerifyArgs,
     reports: Vec<TableReport>,
+    users: Option<users::UsersReport>,
     sign_in: Vec<crate::sign_in::SignIn>,
     started: Instant,
 ) -> Result<Outcome> {
-    let ok = reports.iter().all(|r| r.status == Status::Ok) && sign_in.iter().all(|s| s.ok);
+    let ok = reports.iter().all(|r| r.status == Status::Ok)
+        && users.as_ref().is_none_or(|u| u.status == Status::Ok)
+        && sign_in.iter().all(|s| s.ok);
     let report = VerifyReport {
         generated_at: chrono::Utc::now().to_rfc3339(),
         against: match args.against {
@@ -508,12 +535,13 @@ fn finish(
         },
         algorithm: checksum::ALGORITHM.into(),
         tables: reports,
+        users,
         sign_in,
         ok,
         seconds: started.elapsed().as_secs_f64(),
     };
     log_report(&report);
-    let text = render(&report);
+    let text = render(&report, args.max_diffs);
     progress::suspend(|| print!("{text}"));
     let output = args.output_path();
     let json = serde_json::to_vec_pretty(&report)?;
@@ -530,6 +558,9 @@ fn finish(
         .filter(|r| r.status == Status::Error)
         .map(|r| r.table.as_str())
         .collect();
+    if let Some(e) = report.users.as_ref().and_then(users::failure) {
+        return Err(e.context(format!("see {}", output.display())));
+    }
     if !failed.is_empty() {
         bail!(
             "could not verify {} (see {})",
@@ -1854,7 +1885,7 @@ fn rows_text(n: Option<u64>) -> String {
 }
 
 /// The console table, then each table's differences.
-fn render(report: &VerifyReport) -> String {
+fn render(report: &VerifyReport, max_diffs: usize) -> String {
     let mut table = TextTable::new(&[
         ("table", Align::Left),
         ("source rows", Align::Right),
@@ -1875,7 +1906,11 @@ fn render(report: &VerifyReport) -> String {
             format!("{:.2}", r.seconds),
         ]);
     }
-    let mut out = table.render();
+    let mut out = if report.tables.is_empty() {
+        String::new()
+    } else {
+        table.render()
+    };
     for r in report.tables.iter().filter(|r| r.status != Status::Ok) {
         out.push_str(&format!("\n{} ({}):\n", r.table, status_text(r)));
         for line in detail_lines(r) {
@@ -1921,6 +1956,9 @@ fn render(report: &VerifyReport) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    if let Some(u) = &report.users {
+        out.push_str(&users::render(u, max_diffs));
+    }
     if !report.sign_in.is_empty() {
         let mut accounts = TextTable::new(&[
             ("account", Align::Left),
@@ -1947,9 +1985,9 @@ fn render(report: &VerifyReport) -> String {
                 String::new()
             }
         ));
-        if report.tables.is_empty() {
-            return out;
-        }
+    }
+    if report.tables.is_empty() {
+        return out;
     }
     let bad = report
         .tables
@@ -2058,6 +2096,9 @@ fn log_report(report: &VerifyReport) {
                 error!(target: "fmig::report", table = %r.table, "{line}");
             }
         }
+    }
+    if let Some(u) = &report.users {
+        users::log(u);
     }
     for s in &report.sign_in {
         if s.ok {

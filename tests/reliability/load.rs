@@ -160,12 +160,18 @@ fn one_million_end_to_end() -> Outcome {
         &[("DATABASE_URL", &target_url)],
     ));
     o.record(check(&import, "import", &[0]));
+    // With the Stack Auth settings, verify checks the accounts too.
+    let verify_env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([
+            ("SUPABASE_DB_URL", source_url.as_str()),
+            ("DATABASE_URL", target_url.as_str()),
+        ])
+        .collect();
     let verify = measured(s.work.command(
         &["verify", "--export-dir", "out", "--unmapped", "keep"],
-        &[
-            ("SUPABASE_DB_URL", &source_url),
-            ("DATABASE_URL", &target_url),
-        ],
+        &verify_env,
     ));
     // Exit 1 may only be those kept ids: every table's rows and checksum equal, no difference
     // located, and nothing referential but "not a Stack Auth id of the mapping".
@@ -228,6 +234,12 @@ fn verify_report_clean(s: &Setup) -> Result<(), String> {
         {
             wrong.push(name.to_string());
         }
+    }
+    if report["users"]["status"] != "ok" {
+        wrong.push(format!(
+            "the Stack Auth users ({} problems, e.g. {})",
+            report["users"]["problems_total"], report["users"]["problems"][0]
+        ));
     }
     if wrong.is_empty() {
         Ok(())

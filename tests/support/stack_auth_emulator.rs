@@ -325,6 +325,17 @@ impl Emulator {
             .retain(|u| u.id != id);
     }
 
+    /// Changes a stored user in place, as an administrator's edit in the dashboard would.
+    pub fn update_user(&self, id: &str, change: impl FnOnce(&mut StoredUser)) {
+        let mut state = self.shared.state.lock().unwrap();
+        let user = state
+            .users
+            .iter_mut()
+            .find(|u| u.id == id)
+            .unwrap_or_else(|| panic!("update_user: no user {id}"));
+        change(user);
+    }
+
     /// Replaces the project's server key (a key revoked or rotated mid-run).
     pub fn set_secret_key(&self, key: &str) {
         self.shared.state.lock().unwrap().config.secret_key = key.to_string();
