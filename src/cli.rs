@@ -144,7 +144,7 @@ pub enum Command {
     /// What the target must hold is computed from the source alone (filters, lookups, splits);
     /// a target table fed by several units is compared per unit.
     #[command(
-        after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n  fmig verify --only sign-in --sign-in accounts.csv   # real accounts through Stack Auth\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
+        after_help = "Examples:\n  fmig verify\n  fmig verify --table sites,areas --max-diffs 50\n  fmig verify --skip-checksum            # row counts only\n  fmig verify --jobs 4 --output /tmp/verification-report.json\n  fmig verify --only users               # the Stack Auth accounts, against the export and the mapping\n  fmig verify --only sign-in --sign-in accounts.csv   # real accounts through Stack Auth\n\nExit codes: 0 every table equal; 1 differences found; 2 could not run."
     )]
     Verify(VerifyArgs),
 
@@ -391,6 +391,22 @@ pub struct ImportArgs {
     /// superuser), then check every foreign key of the imported tables for orphans.
     #[arg(long)]
     pub disable_fk: bool,
+
+    /// Load with every foreign key and secondary index in place (slower). By default a table's
+    /// foreign keys and non-unique indexes are set aside while it loads (their definitions
+    /// recorded in fmig.deferred_definitions first) and rebuilt at the end; primary keys and
+    /// unique constraints always stay.
+    #[arg(long)]
+    pub keep_constraints: bool,
+
+    /// Only put back the foreign keys and indexes an interrupted import set aside, then stop.
+    /// (Every import does this first anyway.)
+    #[arg(long)]
+    pub restore_schema: bool,
+
+    /// Do not ANALYZE the imported tables at the end (leave the statistics to autovacuum).
+    #[arg(long)]
+    pub skip_analyze: bool,
 
     /// What to do with user ids that have no mapping (the column mapping's `unmapped` overrides
     /// it per table or user-id column).

@@ -87,6 +87,25 @@ fn fingerprint(cluster: &Cluster, db: &str) -> String {
         .join("\n")
 }
 
+/// Every constraint and index of the target's application schema, with its exact definition
+/// and comment: what an import must leave as it found it.
+fn schema_fingerprint(cluster: &Cluster, db: &str) -> String {
+    cluster
+        .psql(
+            db,
+            "SELECT string_agg(line, E'\\n' ORDER BY line) FROM ( \
+               SELECT conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid) \
+                 || ' valid=' || convalidated || coalesce(' /' || obj_description(oid, 'pg_constraint'), '') AS line \
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace \
+               UNION ALL \
+               SELECT pg_get_indexdef(indexrelid) || coalesce(' /' || obj_description(indexrelid, 'pg_class'), '') \
+               FROM pg_index JOIN pg_class c ON c.oid = indexrelid \
+               WHERE c.relnamespace = 'public'::regnamespace) x",
+        )
+        .trim()
+        .to_string()
+}
+
 #[test]
 fn a_full_import_maps_users_and_columns_and_advances_sequences() {
     let s = setup(&SeedConfig::default());
@@ -266,12 +285,26 @@ fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
     s.cluster.restart();
     let _ = child.wait_with_output().unwrap();
 
+    // Whatever the kills interrupted (a table's foreign keys and indexes set aside, or their
+    // rebuild), --restore-schema alone puts every definition back.
+    let restore = s.import(&["--restore-schema"]);
+    assert_eq!(restore.code, 0, "{}\n{}", restore.stdout, restore.stderr);
+    assert_eq!(
+        schema_fingerprint(&s.cluster, TARGET_DB),
+        schema_fingerprint(&s.cluster, "reference"),
+        "--restore-schema left the schema incomplete"
+    );
     s.import(&["--unmapped", "null", "--batch-size", "200"])
         .expect_code(0);
     assert_eq!(
         fingerprint(&s.cluster, TARGET_DB),
         reference,
         "resumed import differs from an uninterrupted one"
+    );
+    assert_eq!(
+        schema_fingerprint(&s.cluster, TARGET_DB),
+        schema_fingerprint(&s.cluster, "reference"),
+        "the resumed import changed the schema"
     );
     // Running again with other choices than the import in the target ran with would mix two
     // imports: refused, nothing written.
@@ -409,6 +442,96 @@ fn a_rejected_row_is_named_and_disable_fk_reports_orphans() {
         run.stdout
     );
     assert!(run.stdout.contains("orphan row"), "{}", run.stdout);
+}
+
+#[test]
+fn constraints_set_aside_while_loading_come_back_exactly_and_violations_come_back_not_valid() {
+    let s = setup(&SeedConfig::default());
+    // A comment on a foreign key and on an index must survive their rebuild too.
+    s.target(
+        "COMMENT ON CONSTRAINT sites_organization_id_fkey ON public.sites IS 'every site has an owner'",
+    );
+    let index = s.target(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_class t ON t.oid = i.indrelid \
+         WHERE t.relnamespace = 'public'::regnamespace AND t.relkind = 'r' \
+           AND NOT t.relispartition AND NOT i.indisunique AND NOT i.indisprimary \
+         ORDER BY 1 LIMIT 1",
+    );
+    assert!(
+        !index.is_empty(),
+        "the fixture target has a secondary index"
+    );
+    s.target(&format!(
+        "COMMENT ON INDEX public.{index} IS 'for the dashboard'"
+    ));
+    // A partition's index renamed by hand must come back under its own name too.
+    s.target("ALTER INDEX public.sensor_readings_2024_02_unit_id_recorded_at_idx RENAME TO readings_feb_idx");
+    let before = schema_fingerprint(&s.cluster, TARGET_DB);
+
+    s.cluster.create_database("kept");
+    seed::load_target_schema(&s.cluster, "kept");
+    s.cluster.psql(
+        "kept",
+        &format!(
+            "COMMENT ON CONSTRAINT sites_organization_id_fkey ON public.sites IS 'every site has an owner'; \
+             COMMENT ON INDEX public.{index} IS 'for the dashboard'; \
+             ALTER INDEX public.sensor_readings_2024_02_unit_id_recorded_at_idx RENAME TO readings_feb_idx"
+        ),
+    );
+    s.import_into("kept", &["--unmapped", "null", "--keep-constraints"])
+        .expect_code(0);
+
+    let run = s.import(&["--unmapped", "null"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let rebuilt = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Set aside while loading and rebuilt after:"))
+        .unwrap_or_else(|| panic!("nothing was set aside:\n{}", run.stdout));
+    assert!(!rebuilt.contains(" 0 foreign key"), "{rebuilt}");
+    assert!(!rebuilt.contains(" 0 index"), "{rebuilt}");
+    assert!(run.stdout.contains("table(s) analyzed"), "{}", run.stdout);
+    // The same rows and the same definitions as with everything in place, nothing left over.
+    assert_eq!(
+        fingerprint(&s.cluster, TARGET_DB),
+        fingerprint(&s.cluster, "kept")
+    );
+    assert_eq!(schema_fingerprint(&s.cluster, TARGET_DB), before);
+    assert_eq!(schema_fingerprint(&s.cluster, "kept"), before);
+    assert_eq!(
+        s.target("SELECT count(*) FROM fmig.deferred_definitions"),
+        "0"
+    );
+    // Statistics are fresh: ANALYZE has counted the rows.
+    assert_eq!(
+        s.target("SELECT reltuples::bigint = (SELECT count(*) FROM public.sites) FROM pg_class WHERE oid = 'public.sites'::regclass"),
+        "t"
+    );
+
+    // Sites without their organizations: loaded, the foreign key re-added NOT VALID (never
+    // missing), the orphans reported with the next step, exit 1.
+    s.cluster.create_database("orphans");
+    seed::load_target_schema(&s.cluster, "orphans");
+    let run = s.import_into("orphans", &["--unmapped", "null", "--table", "sites"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("sites_organization_id_fkey on public.sites is back NOT VALID"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("orphan row"), "{}", run.stdout);
+    assert!(run.stdout.contains("VALIDATE CONSTRAINT"), "{}", run.stdout);
+    assert_eq!(
+        s.cluster
+            .psql(
+                "orphans",
+                "SELECT convalidated FROM pg_constraint WHERE conname = 'sites_organization_id_fkey'"
+            )
+            .trim(),
+        "f"
+    );
 }
 
 /// Polls `check` every 50 ms for at most 30 s.

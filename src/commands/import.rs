@@ -49,6 +49,7 @@ use crate::progress;
 use crate::report::{Align, TextTable, thousands};
 use crate::user_mapping::UserMapping;
 
+pub(crate) mod deferred;
 mod rows;
 
 /// How a failed check before the load begins: the operator's first question is whether the
@@ -143,6 +144,31 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     let mut client = connect::connect(&url, &args.connect.options()).await?;
     if !args.dry_run {
         crate::lock::lock_target(&client).await?;
+    }
+    // Before anything else: what an interrupted import set aside goes back.
+    let mut restored = if args.dry_run {
+        let pending = deferred::pending(&client).await?;
+        if pending > 0 {
+            warn!(
+                definitions = pending,
+                "an interrupted import left foreign keys and indexes set aside                  ({}); the import puts them back first",
+                deferred::TABLE
+            );
+        }
+        deferred::Restored::default()
+    } else {
+        deferred::restore(&mut client).await?
+    };
+    if args.restore_schema {
+        let text = render_restored(&restored, &client).await?;
+        progress::suspend(|| print!("{text}"));
+        return Ok(
+            if restored.not_valid.is_empty() && restored.mismatches.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::ProblemsFound
+            },
+        );
     }
     let target = catalog::discover(&client, APP_SCHEMA).await?;
     column_map
@@ -362,8 +388,17 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     }
 
     let mut results = Vec::new();
+    let mut set_aside: BTreeSet<String> = BTreeSet::new();
     for plan in &plans {
         let from = start_at.get(plan.name()).copied().unwrap_or(0);
+        // Set aside just before the table's first write; a refusal (not the owner) loads it
+        // with everything in place.
+        if !args.keep_constraints
+            && from < plan.entry.rows
+            && set_aside.insert(plan.map.target_table.clone())
+        {
+            deferred::defer(&mut client, &plan.target, !args.disable_fk).await?;
+        }
         results.push(load_table(&mut client, plan, dir, from, args, user_map.as_ref()).await?);
     }
     if args.disable_fk {
@@ -372,10 +407,24 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
             .await?;
     }
     set_sequences(&client, &plans).await?;
-    let orphans = if args.disable_fk {
+    let mut orphans = if args.disable_fk {
         orphan_check(&client, &plans, &target).await?
     } else {
         Vec::new()
+    };
+    // Then every index and foreign key set aside, each built or validated in one pass.
+    let rebuilt = deferred::restore(&mut client).await?;
+    restored.indexes += rebuilt.indexes;
+    restored.foreign_keys += rebuilt.foreign_keys;
+    restored.not_valid.extend(rebuilt.not_valid);
+    restored.mismatches.extend(rebuilt.mismatches);
+    restored.seconds += rebuilt.seconds;
+    orphans.extend(not_valid_orphans(&client, &restored, &target).await?);
+    orphans.extend(restored.mismatches.iter().cloned());
+    let analyzed = if args.skip_analyze {
+        None
+    } else {
+        Some(analyze(&client, &plans).await?)
     };
 
     // A synchronous commit flushes the WAL of every earlier asynchronous one.
@@ -391,7 +440,28 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         .await
         .context("could not record the end of the import")?;
 
-    let summary = render_summary(&results, started.elapsed().as_secs_f64(), &orphans, dir);
+    let mut summary = render_summary(&results, started.elapsed().as_secs_f64(), &orphans, dir);
+    if restored.indexes + restored.foreign_keys > 0 {
+        summary.push_str(&format!(
+            "Set aside while loading and rebuilt after: {} index(es), {} foreign key(s) in {:.1}s{}\n",
+            restored.indexes,
+            restored.foreign_keys,
+            restored.seconds,
+            if restored.not_valid.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} re-added NOT VALID (rows violate them, listed above)",
+                    restored.not_valid.len()
+                )
+            }
+        ));
+    }
+    if let Some((tables, seconds)) = analyzed {
+        summary.push_str(&format!(
+            "Statistics: {tables} table(s) analyzed in {seconds:.1}s\n"
+        ));
+    }
     for r in &results {
         info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, left_behind = r.left_behind, seconds = r.seconds, "imported");
     }
@@ -1144,42 +1214,13 @@ async fn orphan_check(
         if !imported.contains(fk.table.as_str()) {
             continue;
         }
-        let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
-        let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
-        let not_null: Vec<String> = fk
-            .columns
-            .iter()
-            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-            .collect();
-        let join: Vec<String> = fk
-            .columns
-            .iter()
-            .zip(&fk.referenced_columns)
-            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-            .collect();
-        let keys: Vec<String> = fk
-            .columns
-            .iter()
-            .map(|c| format!("c.{}::text", quote_ident(c)))
-            .collect();
-        let sql = format!(
-            "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
-             WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
-            keys.join(", "),
-            not_null.join(" AND "),
-            join.join(" AND ")
-        );
-        let row = client.query_one(sql.as_str(), &[]).await?;
-        let count: i64 = row.get(0);
-        if count > 0 {
-            let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+        if let Some(found) = orphans_of(client, fk).await? {
             problems.push(format!(
-                "{} ({}.{} -> {}): {count} orphan row(s), e.g. {}",
+                "{} ({}.{} -> {}): {found}",
                 fk.constraint,
                 fk.table,
                 fk.columns.join(","),
                 fk.references,
-                samples.join("; ")
             ));
         }
     }
@@ -1187,6 +1228,119 @@ async fn orphan_check(
         tracing::error!(target: "fmig::report", "foreign key violated: {p}");
     }
     Ok(problems)
+}
+
+/// `N orphan row(s), e.g. ...` for a foreign key some rows violate, `None` when none do.
+async fn orphans_of(client: &Client, fk: &catalog::ForeignKey) -> Result<Option<String>> {
+    let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
+    let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
+    let not_null: Vec<String> = fk
+        .columns
+        .iter()
+        .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+        .collect();
+    let join: Vec<String> = fk
+        .columns
+        .iter()
+        .zip(&fk.referenced_columns)
+        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+        .collect();
+    let keys: Vec<String> = fk
+        .columns
+        .iter()
+        .map(|c| format!("c.{}::text", quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
+         WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+        keys.join(", "),
+        not_null.join(" AND "),
+        join.join(" AND ")
+    );
+    let row = client.query_one(sql.as_str(), &[]).await?;
+    let count: i64 = row.get(0);
+    if count == 0 {
+        return Ok(None);
+    }
+    let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+    Ok(Some(format!(
+        "{count} orphan row(s), e.g. {}",
+        samples.join("; ")
+    )))
+}
+
+/// The orphans of each foreign key re-added `NOT VALID`, reported like `--disable-fk`'s, with
+/// the next step.
+async fn not_valid_orphans(
+    client: &Client,
+    restored: &deferred::Restored,
+    target: &Discovered,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (table, constraint) in &restored.not_valid {
+        let found = match target
+            .foreign_keys
+            .iter()
+            .find(|fk| fk.table == table.name && fk.constraint == *constraint)
+        {
+            Some(fk) => orphans_of(client, fk).await?,
+            None => None,
+        };
+        out.push(format!(
+            "{} on {table} is back NOT VALID: rows violate it{}. Next step: fix or remove those \
+             rows, then ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            constraint,
+            found.map(|f| format!(" ({f})")).unwrap_or_default(),
+            table.quoted(),
+            quote_ident(constraint)
+        ));
+    }
+    for p in &out {
+        tracing::error!(target: "fmig::report", "{p}");
+    }
+    Ok(out)
+}
+
+/// `ANALYZE` of every imported target table: the application's first queries after the switch
+/// must not be planned on empty statistics. Returns (tables, seconds).
+async fn analyze(client: &Client, plans: &[TablePlan]) -> Result<(usize, f64)> {
+    let started = Instant::now();
+    let tables: BTreeSet<String> = plans.iter().map(|p| p.target.quoted()).collect();
+    for table in &tables {
+        client
+            .batch_execute(&format!("ANALYZE {table}"))
+            .await
+            .with_context(|| {
+                format!("could not ANALYZE {table} (--skip-analyze leaves it to autovacuum)")
+            })?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    info!(target: "fmig::report", tables = tables.len(), seconds, "statistics updated");
+    Ok((tables.len(), seconds))
+}
+
+/// `fmig import --restore-schema`: what was put back.
+async fn render_restored(restored: &deferred::Restored, client: &Client) -> Result<String> {
+    let target = catalog::discover(client, APP_SCHEMA).await?;
+    let mut out = if restored.indexes + restored.foreign_keys == 0 {
+        format!(
+            "Nothing was set aside: every foreign key and index fmig recorded ({}) is in place.\n",
+            deferred::TABLE
+        )
+    } else {
+        format!(
+            "Put back {} index(es) and {} foreign key(s) in {:.1}s.\n",
+            restored.indexes, restored.foreign_keys, restored.seconds
+        )
+    };
+    for line in not_valid_orphans(client, restored, &target)
+        .await?
+        .iter()
+        .chain(&restored.mismatches)
+    {
+        out.push_str(&format!("  {line}\n"));
+    }
+    Ok(out)
 }
 
 fn render_dry_run(
@@ -1277,10 +1431,7 @@ fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String], dir: &Pa
         ));
     }
     if !orphans.is_empty() {
-        out.push_str(&format!(
-            "\nForeign keys violated after --disable-fk ({}):\n",
-            orphans.len()
-        ));
+        out.push_str(&format!("\nForeign keys violated ({}):\n", orphans.len()));
         for o in orphans {
             out.push_str(&format!("  {o}\n"));
         }

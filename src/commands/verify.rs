@@ -319,6 +319,15 @@ pub async fn run(args: &VerifyArgs) -> Result<Outcome> {
     let manifest = manifest::effective(&source);
     let selected = manifest::select(manifest, &args.tables, false)?;
     let mut target_client = connect::connect(&target_url, &options).await?;
+    let set_aside = crate::commands::import::deferred::pending(&target_client).await?;
+    if set_aside > 0 {
+        bail!(
+            "the target lacks {set_aside} foreign key(s) or index(es) that an interrupted import \
+             set aside (recorded in {}).\n  next step: run fmig import --restore-schema (or \
+             finish the import), then verify",
+            crate::commands::import::deferred::TABLE
+        );
+    }
     let target = catalog::discover(&target_client, APP_SCHEMA).await?;
     column_map
         .validate(manifest, &source, &target)
