@@ -503,6 +503,28 @@ fn constraints_set_aside_while_loading_come_back_exactly_and_violations_come_bac
         s.target("SELECT count(*) FROM fmig.deferred_definitions"),
         "0"
     );
+    // verify compares every definition with how the first import found it.
+    let verify = || {
+        s.work.run(
+            &["verify", "--export-dir", "out", "--unmapped", "null"],
+            &[
+                ("SUPABASE_DB_URL", &s.cluster.url("postgres")),
+                ("DATABASE_URL", &s.cluster.url(TARGET_DB)),
+            ],
+        )
+    };
+    let run = verify();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    s.target(&format!("DROP INDEX public.{index}"));
+    let run = verify();
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "index {index} is missing (before the import: CREATE INDEX"
+        )),
+        "{}",
+        run.stdout
+    );
     // Statistics are fresh: ANALYZE has counted the rows.
     assert_eq!(
         s.target("SELECT reltuples::bigint = (SELECT count(*) FROM public.sites) FROM pg_class WHERE oid = 'public.sites'::regclass"),
@@ -532,6 +554,45 @@ fn constraints_set_aside_while_loading_come_back_exactly_and_violations_come_bac
             .trim(),
         "f"
     );
+}
+
+#[test]
+fn a_loader_that_does_not_own_the_tables_loads_with_everything_in_place_and_says_why() {
+    let s = setup(&SeedConfig::default());
+    // A role that may write the tables but owns none of them: it cannot drop their indexes.
+    s.target(
+        "CREATE ROLE loader LOGIN PASSWORD 'loader-pw'; \
+         GRANT CREATE, TEMPORARY ON DATABASE target TO loader; \
+         GRANT USAGE ON SCHEMA public TO loader; \
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO loader; \
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO loader",
+    );
+    let before = schema_fingerprint(&s.cluster, TARGET_DB);
+    let url = s
+        .cluster
+        .url_with(TARGET_DB, "loader", "loader-pw", "sslmode=disable");
+    let run = s.work.run(
+        &["import", "--input-dir", "out", "--unmapped", "null"],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("stay in place while it loads")
+            && run.stderr.contains("import as the tables' owner"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stdout.contains("Set aside while loading"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(schema_fingerprint(&s.cluster, TARGET_DB), before);
+    for spec in fmig::manifest::builtin() {
+        let source = s.source(&format!("SELECT count(*) FROM public.{}", spec.name));
+        let target = s.target(&format!("SELECT count(*) FROM public.{}", spec.name));
+        assert_eq!(source, target, "rows of {}", spec.name);
+    }
 }
 
 /// Polls `check` every 50 ms for at most 30 s.

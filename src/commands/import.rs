@@ -369,6 +369,9 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     choices.record(&client).await?;
     if args.truncate_first {
         truncate(&client, &plans).await?;
+        for plan in &plans {
+            deferred::forget_fingerprint(&client, &plan.target).await?;
+        }
     }
     // Each batch's commit carries its checkpoint, so losing an asynchronous commit in a crash
     // loses the batch and its checkpoint together; the final commit below is synchronous.

@@ -1778,6 +1778,15 @@ async fn referential_checks(
     for (table, problem) in orphans(client, plans, target).await? {
         problems.entry(table).or_default().push(problem);
     }
+    // Every constraint and index as the first import found it (it set some aside).
+    let mut seen = BTreeSet::new();
+    for plan in plans.iter().filter(|p| seen.insert(p.target.quoted())) {
+        for change in
+            crate::commands::import::deferred::schema_changes(client, &plan.target).await?
+        {
+            problems.entry(plan.name.clone()).or_default().push(change);
+        }
+    }
     for report in reports.iter_mut() {
         report.kept_old_ids = kept.remove(&report.table).unwrap_or_default();
         if let Some(list) = problems.remove(&report.table) {

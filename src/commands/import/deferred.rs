@@ -32,6 +32,24 @@ use crate::ident::{QualifiedName, quote_ident};
 
 /// Where the definitions that are set aside are kept, in the target.
 pub const TABLE: &str = "fmig.deferred_definitions";
+/// Every constraint and index of each table as the first import found it, before it set
+/// anything aside: what `verify` expects to find afterwards.
+pub const FINGERPRINT: &str = "fmig.schema_fingerprint";
+
+/// `(object, definition)` of every constraint and index of table `$1` (a quoted name), the
+/// indexes of its partitions included.
+const DEFINITIONS: &str = "SELECT 'constraint ' || conname, pg_get_constraintdef(oid) \
+     FROM pg_constraint WHERE conrelid = to_regclass($1) AND conparentid = 0 \
+     UNION ALL \
+     SELECT 'index ' || c.relname, pg_get_indexdef(i.indexrelid) \
+     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass($1) \
+     UNION ALL \
+     SELECT 'partition index ' || c.relname, pg_get_indexdef(c.oid) \
+     FROM (WITH RECURSIVE p(oid) AS ( \
+             SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass($1) \
+             UNION ALL SELECT h.inhrelid FROM pg_inherits h JOIN p ON h.inhparent = p.oid) \
+           SELECT oid FROM p) p \
+     JOIN pg_index i ON i.indrelid = p.oid JOIN pg_class c ON c.oid = i.indexrelid";
 
 const INDEX: &str = "index";
 /// The index of one partition, recreated with its parent's ([`INDEX`]) and renamed back.
@@ -146,6 +164,16 @@ pub async fn defer(
     if fks.is_empty() && indexes.is_empty() {
         return Ok(Some(Deferred::default()));
     }
+    // The first import of the table records how it found it, for verify.
+    tx.execute(
+        &format!(
+            "INSERT INTO {FINGERPRINT} (table_schema, table_name, object, definition) \
+             SELECT $2::text, $3::text, d.object, d.definition FROM ({DEFINITIONS}) d(object, definition) \
+             WHERE NOT EXISTS (SELECT 1 FROM {FINGERPRINT} WHERE table_schema = $2::text AND table_name = $3::text)"
+        ),
+        &[&name, &table.schema, &table.name],
+    )
+    .await?;
     let insert = tx
         .prepare(&format!(
             "INSERT INTO {TABLE} (table_schema, table_name, kind, name, definition, comment, parent) \
@@ -221,11 +249,17 @@ pub async fn defer(
     match tx.batch_execute(&drops.join("; ")).await {
         Ok(()) => {}
         Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            // Said once in full; the other tables of the run only in the log.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if SAID.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                info!(table = %table, "loads with its foreign keys and indexes in place (not the owner)");
+                return Ok(None);
+            }
             warn!(
                 table = %table,
                 "its foreign keys and indexes stay in place while it loads (slower: every row \
                  fires the foreign-key triggers and updates every index): the target refused to \
-                 drop them ({}); import as the table's owner to load it faster",
+                 drop them ({}); the same goes for every other table it does not own (listed in the log); import as the tables' owner to load them faster",
                 server_message(&e)
             );
             return Ok(None);
@@ -474,8 +508,80 @@ async fn ensure_table(client: &Client) -> Result<()> {
                  id bigserial PRIMARY KEY, table_schema text NOT NULL, table_name text NOT NULL, \
                  kind text NOT NULL CHECK (kind IN ('{INDEX}', '{PARTITION_INDEX}', '{FOREIGN_KEY}')), \
                  name text NOT NULL, definition text NOT NULL, comment text, parent text, \
-                 recorded_at timestamptz NOT NULL DEFAULT now())"
+                 recorded_at timestamptz NOT NULL DEFAULT now()); \
+             CREATE TABLE IF NOT EXISTS {FINGERPRINT} ( \
+                 table_schema text NOT NULL, table_name text NOT NULL, object text NOT NULL, \
+                 definition text NOT NULL, recorded_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (table_schema, table_name, object))"
         ))
         .await
         .context("could not create fmig's table of deferred definitions in the target")
+}
+
+/// Forgets how `table` was found (`--truncate-first`: the next import records it again).
+pub async fn forget_fingerprint(client: &Client, table: &QualifiedName) -> Result<()> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{FINGERPRINT}') IS NOT NULL"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if exists {
+        client
+            .execute(
+                &format!("DELETE FROM {FINGERPRINT} WHERE table_schema = $1 AND table_name = $2"),
+                &[&table.schema, &table.name],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Each constraint or index of `table` that the first import recorded and that is now missing
+/// or defined otherwise, in words (empty when nothing was recorded).
+pub async fn schema_changes(client: &Client, table: &QualifiedName) -> Result<Vec<String>> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{FINGERPRINT}') IS NOT NULL"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let recorded = client
+        .query(
+            &format!(
+                "SELECT object, definition FROM {FINGERPRINT} \
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY object"
+            ),
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    if recorded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now: std::collections::HashMap<String, String> = client
+        .query(DEFINITIONS, &[&table.quoted()])
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut changes = Vec::new();
+    for row in recorded {
+        let (object, was): (String, String) = (row.get(0), row.get(1));
+        match now.get(&object) {
+            None => changes.push(format!(
+                "{table}: {object} is missing (before the import: {was}); fmig import \
+                 --restore-schema puts back what an import set aside"
+            )),
+            Some(def) if *def != was => changes.push(format!(
+                "{table}: {object} is now {def}, before the import it was {was}"
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok(changes)
 }
