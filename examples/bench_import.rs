@@ -69,12 +69,13 @@ struct Options {
     workdir: Option<PathBuf>,
     max_load: Option<f64>,
     max_wait: u64,
+    whole_jobs: Vec<u16>,
 }
 
 fn usage() -> &'static str {
     "usage: bench_import [--rows N[,N...] (100000,1000000)] [--repeat R (3)] \
      [--extra-batch-sizes B[,B...]|none (5000)] [--fmig PATH] [--fmig-arg ARG]... \
-     [--max-load L] [--max-wait S (900)] [--workdir DIR]\n\
+     [--max-load L] [--max-wait S (900)] [--whole-jobs J[,J...]|none (1,4)] [--workdir DIR]\n\
      \n\
      --rows               sensor_readings sizes, run in turn (the issue also names 3000000)\n\
      --repeat             timed runs per contender and size; the median is reported\n\
@@ -83,6 +84,8 @@ fn usage() -> &'static str {
      --fmig-arg           extra argument for every timed fmig import (repeatable)\n\
      --max-load           before timing each size, wait until the 1-minute load average is below L\n\
      --max-wait           ... but at most S seconds, then time anyway (the load is printed)\n\
+     --whole-jobs         per size, also time one import of the whole fixture (23 tables) into a\n\
+                          fresh target with each --jobs J (once each, informational)\n\
      --workdir            where the export and the dump go (default: a temp dir, removed at the end)"
 }
 
@@ -112,6 +115,7 @@ fn parse_args() -> Result<Options, String> {
         workdir: None,
         max_load: None,
         max_wait: 900,
+        whole_jobs: vec![1, 4],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -140,6 +144,21 @@ fn parse_args() -> Result<Options, String> {
             }
             "--fmig" => options.fmig = value("--fmig")?.into(),
             "--fmig-arg" => options.fmig_args.push(value("--fmig-arg")?),
+            "--whole-jobs" => {
+                let text = value("--whole-jobs")?;
+                options.whole_jobs = if text == "none" {
+                    Vec::new()
+                } else {
+                    text.split(',')
+                        .map(|n| {
+                            parse_count(n, "--whole-jobs").and_then(|n| {
+                                u16::try_from(n)
+                                    .map_err(|_| format!("--whole-jobs {n} is too large"))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?
+                };
+            }
             "--workdir" => options.workdir = Some(value("--workdir")?.into()),
             "--max-load" => {
                 let text = value("--max-load")?;
@@ -358,6 +377,31 @@ fn run(options: &Options, interrupted: &AtomicBool) -> Result<(), String> {
             fmig.rss_mib() < RSS_TARGET_MIB,
         );
         fmig_rss.push((rows, fmig.rss_mib()));
+
+        // The whole fixture (23 tables) into a fresh target, with each --jobs.
+        for &jobs in &options.whole_jobs {
+            let db = format!("target_whole_{rows}_{jobs}");
+            cluster.create_database(&db);
+            seed::load_target_schema(&cluster, &db);
+            let mut cmd = fmig_command(&prepared.fmig, &prepared.fmig_dir);
+            cmd.env("DATABASE_URL", cluster.url(&db))
+                .args(["--no-progress", "import", "--input-dir"])
+                .arg(&prepared.export)
+                .args(["--unmapped", "null", "--jobs", &jobs.to_string()])
+                .args(&options.fmig_args);
+            let sample = run_timed(
+                cmd,
+                &prepared.fmig_dir,
+                &format!("fmig import --jobs {jobs}"),
+            )?;
+            println!(
+                "   whole fixture, fmig import --jobs {jobs}: {:.2}s, {:.1} MiB peak RSS, {:.2}s client CPU",
+                sample.seconds,
+                sample.peak_rss_kib as f64 / 1024.0,
+                sample.cpu_seconds
+            );
+            cluster.psql("postgres", &format!("DROP DATABASE \"{db}\""));
+        }
 
         // The next size gets its own databases; these ones' disk space is no longer needed.
         for db in [&prepared.db_fmig, &prepared.db_copy] {

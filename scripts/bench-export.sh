@@ -18,4 +18,4 @@ if ! command -v psql >/dev/null 2>&1; then
     exit 2
 fi
 cargo build --release --quiet --bin fmig --example bench_export
-exec target/release/examples/bench_export "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/examples/bench_export" "$@"

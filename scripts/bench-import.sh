@@ -5,6 +5,7 @@
 # local PostgreSQL cluster (see examples/bench_import.rs). Arguments go to the benchmark:
 # --rows N[,N...] (default 100000,1000000; the issue also names 3000000), --repeat R (3),
 # --extra-batch-sizes B[,B...]|none (5000), --max-load L, --max-wait S, --fmig-arg ARG,
+# --whole-jobs J[,J...]|none (1,4: the whole fixture imported with each --jobs),
 # --workdir DIR. CARGO_TARGET_DIR is honoured.
 set -euo pipefail
 cd "$(dirname "$0")/.."

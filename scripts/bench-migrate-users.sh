@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin fmig --example bench_migrate_users
-exec target/release/examples/bench_migrate_users "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/examples/bench_migrate_users" "$@"

@@ -392,6 +392,11 @@ pub struct ImportArgs {
     #[arg(long)]
     pub disable_fk: bool,
 
+    /// Tables loaded at the same time, each on its own connection (tables of one foreign-key
+    /// level together; checkpoints and resume stay per table).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub jobs: u16,
+
     /// Load with every foreign key and secondary index in place (slower). By default a table's
     /// foreign keys and non-unique indexes are set aside while it loads (their definitions
     /// recorded in fmig.deferred_definitions first) and rebuilt at the end; primary keys and

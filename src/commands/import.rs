@@ -373,37 +373,82 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
             deferred::forget_fingerprint(&client, &plan.target).await?;
         }
     }
-    // Each batch's commit carries its checkpoint, so losing an asynchronous commit in a crash
-    // loses the batch and its checkpoint together; the final commit below is synchronous.
-    client.batch_execute("SET synchronous_commit = off").await?;
-    if args.disable_fk {
-        client
-            .batch_execute("SET session_replication_role = replica")
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "--disable-fk needs to set session_replication_role, which the target refused: {}. \
-                     It needs a superuser (or, on PostgreSQL 15, a role granted SET on that parameter); \
-                     run without --disable-fk to load in foreign-key order instead",
-                    crate::column_map::server_message(&e)
-                )
-            })?;
+    // The writing connections: this one, and one more per extra --jobs.
+    let mut writers = Vec::with_capacity(usize::from(args.jobs));
+    for _ in 1..args.jobs {
+        writers.push(connect::connect(&url, &args.connect.options()).await?);
+    }
+    for writer in std::iter::once(&client).chain(&writers) {
+        writer_session(writer, args).await?;
     }
 
-    let mut results = Vec::new();
+    // Level by level (the order the plans are sorted in); within a level, the tables are
+    // shared out over the writers, the largest first.
+    let level_of = |p: &TablePlan| {
+        target
+            .levels
+            .get(&p.map.target_table)
+            .copied()
+            .unwrap_or(p.spec.level)
+    };
+    let mut results: Vec<(usize, Loaded)> = Vec::new();
     let mut set_aside: BTreeSet<String> = BTreeSet::new();
-    for plan in &plans {
-        let from = start_at.get(plan.name()).copied().unwrap_or(0);
-        // Set aside just before the table's first write; a refusal (not the owner) loads it
-        // with everything in place.
-        if !args.keep_constraints
-            && from < plan.entry.rows
-            && set_aside.insert(plan.map.target_table.clone())
-        {
-            deferred::defer(&mut client, &plan.target, !args.disable_fk).await?;
+    let mut start = 0;
+    while start < plans.len() {
+        let level = level_of(&plans[start]);
+        let end = start
+            + plans[start..]
+                .iter()
+                .take_while(|p| level_of(p) == level)
+                .count();
+        let group: Vec<usize> = (start..end).collect();
+        start = end;
+        // Set aside just before the tables' first writes; a refusal (not the owner) loads the
+        // table with everything in place.
+        for &i in &group {
+            let plan = &plans[i];
+            let from = start_at.get(plan.name()).copied().unwrap_or(0);
+            if !args.keep_constraints
+                && from < plan.entry.rows
+                && set_aside.insert(plan.map.target_table.clone())
+            {
+                deferred::defer(&mut client, &plan.target, !args.disable_fk).await?;
+            }
         }
-        results.push(load_table(&mut client, plan, dir, from, args, user_map.as_ref()).await?);
+        let mut queues: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); writers.len() + 1];
+        let mut by_size = group.clone();
+        by_size.sort_by_key(|&i| std::cmp::Reverse(plans[i].entry.rows));
+        for i in by_size {
+            let lightest = queues
+                .iter_mut()
+                .min_by_key(|(rows, _)| *rows)
+                .expect("at least one writer");
+            lightest.0 += plans[i].entry.rows;
+            lightest.1.push(i);
+        }
+        let connections = std::iter::once(&mut client).chain(writers.iter_mut());
+        let loads = connections.zip(queues).map(|(writer, (_, queue))| {
+            let (plans, start_at, user_map) = (&plans, &start_at, user_map.as_ref());
+            async move {
+                let mut done = Vec::new();
+                for i in queue {
+                    let plan = &plans[i];
+                    let from = start_at.get(plan.name()).copied().unwrap_or(0);
+                    done.push((
+                        i,
+                        load_table(writer, plan, dir, from, args, user_map).await?,
+                    ));
+                }
+                Ok::<_, anyhow::Error>(done)
+            }
+        });
+        for done in futures::future::try_join_all(loads).await? {
+            results.extend(done);
+        }
     }
+    results.sort_by_key(|(i, _)| *i);
+    let results: Vec<Loaded> = results.into_iter().map(|(_, r)| r).collect();
+    drop(writers);
     if args.disable_fk {
         client
             .batch_execute("SET session_replication_role = DEFAULT")
@@ -1270,6 +1315,27 @@ async fn orphans_of(client: &Client, fk: &catalog::ForeignKey) -> Result<Option<
         "{count} orphan row(s), e.g. {}",
         samples.join("; ")
     )))
+}
+
+/// A writing connection's settings. Each batch's commit carries its checkpoint, so losing an
+/// asynchronous commit in a crash loses the batch and its checkpoint together; the final
+/// commit of the import is synchronous.
+async fn writer_session(client: &Client, args: &ImportArgs) -> Result<()> {
+    client.batch_execute("SET synchronous_commit = off").await?;
+    if args.disable_fk {
+        client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "--disable-fk needs to set session_replication_role, which the target refused: {}. \
+                     It needs a superuser (or, on PostgreSQL 15, a role granted SET on that parameter); \
+                     run without --disable-fk to load in foreign-key order instead",
+                    crate::column_map::server_message(&e)
+                )
+            })?;
+    }
+    Ok(())
 }
 
 /// The orphans of each foreign key re-added `NOT VALID`, reported like `--disable-fk`'s, with
