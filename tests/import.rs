@@ -600,6 +600,139 @@ fn a_loader_that_does_not_own_the_tables_loads_with_everything_in_place_and_says
     }
 }
 
+/// A psql session holding the locks of `sql` (run in an open transaction) until dropped.
+struct Holding(std::process::Child);
+
+impl Holding {
+    fn start(s: &Setup, sql: &str) -> Holding {
+        use std::io::Write;
+        let mut child = s
+            .cluster
+            .psql_command(TARGET_DB)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "SET application_name = 'holder'; BEGIN; {sql}").unwrap();
+        stdin.flush().unwrap();
+        wait_until("the holding session to have its locks", || {
+            s.target(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'holder' AND state = 'idle in transaction'",
+            ) == "1"
+        });
+        Holding(child)
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn killed_while_setting_aside_or_rebuilding_then_restore_schema_puts_every_definition_back() {
+    let s = setup(&SeedConfig {
+        sensor_readings: 20_000,
+        ..SeedConfig::default()
+    });
+    s.cluster.create_database("reference");
+    seed::load_target_schema(&s.cluster, "reference");
+    s.import_into("reference", &["--unmapped", "null"])
+        .expect_code(0);
+    let reference_schema = schema_fingerprint(&s.cluster, "reference");
+    assert_eq!(schema_fingerprint(&s.cluster, TARGET_DB), reference_schema);
+    let spawn = || {
+        s.work
+            .command(
+                &["import", "--input-dir", "out", "--unmapped", "null"],
+                &[("DATABASE_URL", &s.cluster.url(TARGET_DB))],
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let blocked_on = |statement: &str| {
+        s.target(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '{statement}%'"
+        )) != "0"
+    };
+    let pending = |table: &str| {
+        s.target(&format!(
+            "SELECT count(*) FROM fmig.deferred_definitions WHERE table_name = '{table}'"
+        ))
+        .parse::<u32>()
+        .unwrap()
+    };
+
+    // 1. Killed in the middle of setting a table's definitions aside: a session holds a lock
+    // on alerts, so its DROP waits inside the transaction that recorded them.
+    let holder = Holding::start(&s, "LOCK TABLE public.alerts IN ACCESS SHARE MODE;");
+    let mut child = spawn();
+    wait_until("the import to wait for alerts", || {
+        blocked_on(r#"ALTER TABLE "public"."alerts" DROP CONSTRAINT"#)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(holder);
+    assert_eq!(pending("alerts"), 0, "a rolled-back set-aside left records");
+    assert!(
+        pending("sites") > 0,
+        "the tables before alerts were set aside"
+    );
+    let verify = s.work.run(
+        &["verify", "--export-dir", "out", "--unmapped", "null"],
+        &[
+            ("SUPABASE_DB_URL", &s.cluster.url("postgres")),
+            ("DATABASE_URL", &s.cluster.url(TARGET_DB)),
+        ],
+    );
+    assert_eq!(verify.code, 2, "{}\n{}", verify.stdout, verify.stderr);
+    assert!(
+        verify.stderr.contains("--restore-schema"),
+        "{}",
+        verify.stderr
+    );
+
+    // 2. Killed in the middle of the rebuild: a session holds sensor_readings' records, so
+    // re-adding its foreign keys waits to delete them, inside the transaction that re-adds.
+    let mut child = spawn();
+    wait_until("sensor_readings to be set aside", || {
+        pending("sensor_readings") > 0
+    });
+    let holder = Holding::start(
+        &s,
+        "SELECT 1 FROM fmig.deferred_definitions \
+         WHERE table_name = 'sensor_readings' AND kind = 'foreign key' FOR UPDATE;",
+    );
+    wait_until("the rebuild to wait", || {
+        blocked_on("DELETE FROM fmig.deferred_definitions")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(holder);
+    assert!(pending("sensor_readings") > 0);
+    assert_ne!(schema_fingerprint(&s.cluster, TARGET_DB), reference_schema);
+
+    // --restore-schema alone puts everything back; the next import finishes the data.
+    let run = s.import(&["--restore-schema"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("Put back"), "{}", run.stdout);
+    assert_eq!(schema_fingerprint(&s.cluster, TARGET_DB), reference_schema);
+    s.import(&["--unmapped", "null"]).expect_code(0);
+    assert_eq!(schema_fingerprint(&s.cluster, TARGET_DB), reference_schema);
+    assert_eq!(
+        fingerprint(&s.cluster, TARGET_DB),
+        fingerprint(&s.cluster, "reference")
+    );
+}
+
 /// Polls `check` every 50 ms for at most 30 s.
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
