@@ -151,7 +151,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         if pending > 0 {
             warn!(
                 definitions = pending,
-                "an interrupted import left foreign keys and indexes set aside                  ({}); the import puts them back first",
+                "an interrupted import left foreign keys and indexes set aside ({}); the import puts them back first",
                 deferred::TABLE
             );
         }

@@ -660,20 +660,6 @@ impl<'de, F: FnMut(SupabaseUser) -> Result<()>> serde::de::Visitor<'de> for User
     }
 }
 
-/// Reads every user of the file into memory, refusing an id that appears twice.
-pub fn read_users(path: &Path) -> Result<Vec<SupabaseUser>> {
-    let mut users = Vec::new();
-    let mut seen = HashSet::new();
-    for_each_user(path, |u| {
-        if !seen.insert(u.id.to_lowercase()) {
-            bail!("{}: user {} appears twice", path.display(), u.id);
-        }
-        users.push(u);
-        Ok(())
-    })?;
-    Ok(users)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Stage 1: the plan.
 
