@@ -408,13 +408,17 @@ fn target_restarted_during_import() -> Outcome {
     let mut o = Outcome::default();
     let mut seen = Vec::new();
     for &moment in &moments {
+        // What earlier runs committed: the restart must land in this run, after it has
+        // committed something itself (a moment the previous run already passed would
+        // otherwise restart the server before this one even connects).
+        let before = rows_committed(&s.target, TARGET_DB);
         let running = Running::start(s.import_command(TARGET_DB, "out"));
         let mut early = None;
         let waited = Instant::now();
         let mut at = 0;
         while !running.exited(&mut early) && waited.elapsed() < HANG {
             at = rows_committed(&s.target, TARGET_DB);
-            if at >= moment {
+            if at >= moment && at > before {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
