@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::ident::QualifiedName;
+use crate::ident::{QualifiedName, quote_ident};
+use crate::manifest::APP_SCHEMA;
 
 /// A table of the application schema.
 #[derive(Clone, Debug, Serialize)]
@@ -366,6 +367,46 @@ fn strongly_connected_components(edges: &[BTreeSet<usize>]) -> Vec<Vec<usize>> {
 }
 
 /// Exact row count of a table (all partitions included), in the caller's snapshot.
+/// `N orphan row(s), e.g. ...` for a foreign key of the application schema that some rows
+/// violate, `None` when none do (import's `--disable-fk` and `NOT VALID` reports, verify).
+pub async fn orphans(client: &impl GenericClient, fk: &ForeignKey) -> Result<Option<String>> {
+    let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
+    let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
+    let not_null: Vec<String> = fk
+        .columns
+        .iter()
+        .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+        .collect();
+    let join: Vec<String> = fk
+        .columns
+        .iter()
+        .zip(&fk.referenced_columns)
+        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+        .collect();
+    let keys: Vec<String> = fk
+        .columns
+        .iter()
+        .map(|c| format!("c.{}::text", quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
+         WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+        keys.join(", "),
+        not_null.join(" AND "),
+        join.join(" AND ")
+    );
+    let row = client.query_one(sql.as_str(), &[]).await?;
+    let count: i64 = row.get(0);
+    if count == 0 {
+        return Ok(None);
+    }
+    let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+    Ok(Some(format!(
+        "{count} orphan row(s), e.g. {}",
+        samples.join("; ")
+    )))
+}
+
 pub async fn row_count(client: &impl GenericClient, table: &QualifiedName) -> Result<i64> {
     let sql = format!("SELECT count(*) FROM {}", table.quoted());
     let row = client

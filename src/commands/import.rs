@@ -1262,7 +1262,7 @@ async fn orphan_check(
         if !imported.contains(fk.table.as_str()) {
             continue;
         }
-        if let Some(found) = orphans_of(client, fk).await? {
+        if let Some(found) = catalog::orphans(client, fk).await? {
             problems.push(format!(
                 "{} ({}.{} -> {}): {found}",
                 fk.constraint,
@@ -1276,45 +1276,6 @@ async fn orphan_check(
         tracing::error!(target: "fmig::report", "foreign key violated: {p}");
     }
     Ok(problems)
-}
-
-/// `N orphan row(s), e.g. ...` for a foreign key some rows violate, `None` when none do.
-async fn orphans_of(client: &Client, fk: &catalog::ForeignKey) -> Result<Option<String>> {
-    let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
-    let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
-    let not_null: Vec<String> = fk
-        .columns
-        .iter()
-        .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-        .collect();
-    let join: Vec<String> = fk
-        .columns
-        .iter()
-        .zip(&fk.referenced_columns)
-        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-        .collect();
-    let keys: Vec<String> = fk
-        .columns
-        .iter()
-        .map(|c| format!("c.{}::text", quote_ident(c)))
-        .collect();
-    let sql = format!(
-        "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
-         WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
-        keys.join(", "),
-        not_null.join(" AND "),
-        join.join(" AND ")
-    );
-    let row = client.query_one(sql.as_str(), &[]).await?;
-    let count: i64 = row.get(0);
-    if count == 0 {
-        return Ok(None);
-    }
-    let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
-    Ok(Some(format!(
-        "{count} orphan row(s), e.g. {}",
-        samples.join("; ")
-    )))
 }
 
 /// A writing connection's settings. Each batch's commit carries its checkpoint, so losing an
@@ -1352,7 +1313,7 @@ async fn not_valid_orphans(
             .iter()
             .find(|fk| fk.table == table.name && fk.constraint == *constraint)
         {
-            Some(fk) => orphans_of(client, fk).await?,
+            Some(fk) => catalog::orphans(client, fk).await?,
             None => None,
         };
         out.push(format!(

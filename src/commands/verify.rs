@@ -1836,44 +1836,15 @@ async fn orphans(
         let Some(table) = by_target.get(fk.table.as_str()) else {
             continue;
         };
-        let child = QualifiedName::new(APP_SCHEMA, &fk.table).quoted();
-        let parent = QualifiedName::new(APP_SCHEMA, &fk.references).quoted();
-        let not_null: Vec<String> = fk
-            .columns
-            .iter()
-            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-            .collect();
-        let join: Vec<String> = fk
-            .columns
-            .iter()
-            .zip(&fk.referenced_columns)
-            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-            .collect();
-        let keys: Vec<String> = fk
-            .columns
-            .iter()
-            .map(|c| format!("c.{}::text", quote_ident(c)))
-            .collect();
-        let sql = format!(
-            "SELECT count(*), (array_agg(concat_ws(',', {})))[1:5] FROM {child} c \
-             WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
-            keys.join(", "),
-            not_null.join(" AND "),
-            join.join(" AND ")
-        );
-        let row = client.query_one(sql.as_str(), &[]).await?;
-        let count: i64 = row.get(0);
-        if count > 0 {
-            let samples: Vec<String> = row.get::<_, Option<Vec<String>>>(1).unwrap_or_default();
+        if let Some(found) = catalog::orphans(client, fk).await? {
             problems.push((
                 table.to_string(),
                 format!(
-                    "foreign key {} ({}.{} -> {}): {count} orphan row(s), e.g. {}",
+                    "foreign key {} ({}.{} -> {}): {found}",
                     fk.constraint,
                     fk.table,
                     fk.columns.join(","),
                     fk.references,
-                    samples.join("; ")
                 ),
             ));
         }
@@ -1881,8 +1852,8 @@ async fn orphans(
     Ok(problems)
 }
 
-fn status_text(r: &TableReport) -> &'static str {
-    match r.status {
+fn status_text(status: Status) -> &'static str {
+    match status {
         Status::Ok => "ok",
         Status::Differs => "DIFFERS",
         Status::Error => "ERROR",
@@ -1920,7 +1891,7 @@ fn render(report: &VerifyReport, max_diffs: usize) -> String {
             rows_text(r.target_rows),
             yes_no(r.source_rows.map(|_| r.rows_ok)),
             yes_no(r.checksum_ok),
-            status_text(r).to_string(),
+            status_text(r.status).to_string(),
             format!("{:.2}", r.seconds),
         ]);
     }
@@ -1930,7 +1901,7 @@ fn render(report: &VerifyReport, max_diffs: usize) -> String {
         table.render()
     };
     for r in report.tables.iter().filter(|r| r.status != Status::Ok) {
-        out.push_str(&format!("\n{} ({}):\n", r.table, status_text(r)));
+        out.push_str(&format!("\n{} ({}):\n", r.table, status_text(r.status)));
         for line in detail_lines(r) {
             out.push_str(&format!("  {line}\n"));
         }
@@ -2107,9 +2078,9 @@ fn log_report(report: &VerifyReport) {
             .map(|c| c.sum.clone())
             .unwrap_or_default();
         if r.status == Status::Ok {
-            info!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r), "verified");
+            info!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r.status), "verified");
         } else {
-            error!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r), "verification failed");
+            error!(target: "fmig::report", table = %r.table, source_rows = r.source_rows, target_rows = r.target_rows, source_checksum = %source, target_checksum = %target, seconds = r.seconds, status = status_text(r.status), "verification failed");
             for line in detail_lines(r) {
                 error!(target: "fmig::report", table = %r.table, "{line}");
             }

@@ -56,12 +56,13 @@ const INDEX: &str = "index";
 const PARTITION_INDEX: &str = "partition index";
 const FOREIGN_KEY: &str = "foreign key";
 
-/// The indexes (oid) that descend from index `$1` (an oid), at any depth of partitioning.
+/// The indexes that descend from index `$1` (an oid), at any depth of partitioning: schema,
+/// table, name, definition, comment, and whether it is in a tablespace of its own.
 const DESCENDANTS: &str = "WITH RECURSIVE d(oid) AS ( \
        SELECT inhrelid FROM pg_inherits WHERE inhparent = $1 \
        UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid) \
      SELECT n.nspname::text, t.relname::text, c.relname::text, pg_get_indexdef(c.oid), \
-            obj_description(c.oid, 'pg_class') \
+            obj_description(c.oid, 'pg_class'), c.reltablespace <> 0 \
      FROM d JOIN pg_class c ON c.oid = d.oid JOIN pg_index x ON x.indexrelid = c.oid \
      JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace \
      ORDER BY 1, 2";
@@ -129,38 +130,15 @@ pub async fn defer(
         .await?;
     // A partitioned index's partitions' indexes, which its drop takes along; one in a
     // tablespace of its own keeps the whole index in place.
-    let mut partitions: Vec<Vec<tokio_postgres::Row>> = Vec::new();
-    let mut kept = Vec::new();
-    for (i, row) in indexes.iter().enumerate() {
+    let mut set_aside: Vec<(tokio_postgres::Row, Vec<tokio_postgres::Row>)> = Vec::new();
+    for row in indexes {
         let oid: u32 = row.get(3);
         let below = tx.query(DESCENDANTS, &[&oid]).await?;
-        let own_space: bool = tx
-            .query_one(
-                "WITH RECURSIVE d(oid) AS ( \
-                   SELECT inhrelid FROM pg_inherits WHERE inhparent = $1 \
-                   UNION ALL SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid) \
-                 SELECT EXISTS (SELECT 1 FROM d JOIN pg_class c ON c.oid = d.oid WHERE c.reltablespace <> 0)",
-                &[&oid],
-            )
-            .await?
-            .get(0);
-        if own_space {
-            kept.push(i);
+        if !below.iter().any(|r| r.get::<_, bool>(5)) {
+            set_aside.push((row, below));
         }
-        partitions.push(below);
     }
-    let indexes: Vec<tokio_postgres::Row> = indexes
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !kept.contains(i))
-        .map(|(_, r)| r)
-        .collect();
-    let partitions: Vec<Vec<tokio_postgres::Row>> = partitions
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !kept.contains(i))
-        .map(|(_, p)| p)
-        .collect();
+    let indexes = set_aside;
     if fks.is_empty() && indexes.is_empty() {
         return Ok(Some(Deferred::default()));
     }
@@ -180,71 +158,66 @@ pub async fn defer(
              VALUES ($1, $2, $3, $4, $5, $6, $7)"
         ))
         .await?;
-    let none: Option<String> = None;
+    // (schema, table, kind, name, definition, comment, parent index) per record.
+    type Record = (
+        String,
+        String,
+        &'static str,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let of_table = |kind, row: &tokio_postgres::Row| -> Record {
+        let name: String = row.get(0);
+        (
+            table.schema.clone(),
+            table.name.clone(),
+            kind,
+            name,
+            row.get(1),
+            row.get(2),
+            None,
+        )
+    };
+    let mut records: Vec<Record> = Vec::new();
     let mut drops = Vec::new();
     for row in &fks {
-        let object: String = row.get(0);
-        let definition: String = row.get(1);
-        let comment: Option<String> = row.get(2);
-        tx.execute(
-            &insert,
-            &[
-                &table.schema,
-                &table.name,
-                &FOREIGN_KEY,
-                &object,
-                &definition,
-                &comment,
-                &none,
-            ],
-        )
-        .await?;
+        let record = of_table(FOREIGN_KEY, row);
         drops.push(format!(
             "ALTER TABLE {name} DROP CONSTRAINT {}",
-            quote_ident(&object)
+            quote_ident(&record.3)
         ));
+        records.push(record);
     }
-    for (row, below) in indexes.iter().zip(&partitions) {
-        let object: String = row.get(0);
-        let definition: String = row.get(1);
-        let comment: Option<String> = row.get(2);
-        tx.execute(
-            &insert,
-            &[
-                &table.schema,
-                &table.name,
-                &INDEX,
-                &object,
-                &definition,
-                &comment,
-                &none,
-            ],
-        )
-        .await?;
-        for child in below {
-            let (schema, partition, index): (String, String, String) =
-                (child.get(0), child.get(1), child.get(2));
-            let definition: String = child.get(3);
-            let comment: Option<String> = child.get(4);
-            tx.execute(
-                &insert,
-                &[
-                    &schema,
-                    &partition,
-                    &PARTITION_INDEX,
-                    &index,
-                    &definition,
-                    &comment,
-                    &Some(object.clone()),
-                ],
-            )
-            .await?;
-        }
+    for (row, below) in &indexes {
+        let record = of_table(INDEX, row);
         drops.push(format!(
             "DROP INDEX {}.{}",
             quote_ident(&table.schema),
-            quote_ident(&object)
+            quote_ident(&record.3)
         ));
+        for child in below {
+            records.push((
+                child.get(0),
+                child.get(1),
+                PARTITION_INDEX,
+                child.get(2),
+                child.get(3),
+                child.get(4),
+                Some(record.3.clone()),
+            ));
+        }
+        records.push(record);
+    }
+    for (schema, table_name, kind, object, definition, comment, parent) in &records {
+        tx.execute(
+            &insert,
+            &[
+                schema, table_name, kind, object, definition, comment, parent,
+            ],
+        )
+        .await?;
     }
     match tx.batch_execute(&drops.join("; ")).await {
         Ok(()) => {}
@@ -281,10 +254,7 @@ pub async fn defer(
 
 /// How many definitions are set aside in the target (0 when fmig never deferred any).
 pub async fn pending(client: &Client) -> Result<i64> {
-    let exists: bool = client
-        .query_one(&format!("SELECT to_regclass('{TABLE}') IS NOT NULL"), &[])
-        .await?
-        .get(0);
+    let exists = table_exists(client, TABLE).await?;
     if !exists {
         return Ok(0);
     }
@@ -336,25 +306,16 @@ pub async fn restore(client: &mut Client) -> Result<Restored> {
                 restored.indexes += 1;
             }
             rename_partition_indexes(&tx, &table, &object, &index, &mut restored).await?;
-            if let Some(text) = &comment {
-                tx.execute(
-                    &format!(
-                        "COMMENT ON INDEX {index} IS {}",
-                        crate::ident::quote_literal(text)
-                    ),
-                    &[],
-                )
-                .await?;
-            }
-            let now: String = tx
-                .query_one("SELECT pg_get_indexdef(to_regclass($1))", &[&index])
-                .await?
-                .get(0);
-            if now != definition {
-                restored.mismatches.push(format!(
-                    "{table}: index {object} is now {now:?}, was {definition:?}"
-                ));
-            }
+            let what = format!("{table}: index {object}");
+            finish_index(
+                &tx,
+                &index,
+                &what,
+                comment.as_deref(),
+                &definition,
+                &mut restored,
+            )
+            .await?;
         } else {
             let exists: bool = tx
                 .query_one(
@@ -418,6 +379,38 @@ pub async fn restore(client: &mut Client) -> Result<Restored> {
     Ok(restored)
 }
 
+/// The recreated index `index` (quoted) gets its comment back and is checked against its
+/// recorded definition; `what` names it in a mismatch.
+async fn finish_index(
+    tx: &tokio_postgres::Transaction<'_>,
+    index: &str,
+    what: &str,
+    comment: Option<&str>,
+    definition: &str,
+    restored: &mut Restored,
+) -> Result<()> {
+    if let Some(text) = comment {
+        tx.execute(
+            &format!(
+                "COMMENT ON INDEX {index} IS {}",
+                crate::ident::quote_literal(text)
+            ),
+            &[],
+        )
+        .await?;
+    }
+    let now: String = tx
+        .query_one("SELECT pg_get_indexdef(to_regclass($1))", &[&index])
+        .await?
+        .get(0);
+    if now != definition {
+        restored
+            .mismatches
+            .push(format!("{what} is now {now:?}, was {definition:?}"));
+    }
+    Ok(())
+}
+
 /// Gives each partition's index of the recreated `parent` the name (and comment) it had, then
 /// forgets their records.
 async fn rename_partition_indexes(
@@ -469,25 +462,8 @@ async fn rename_partition_indexes(
                         format!("{schema}.{partition}: could not rename index {current_name} back to {name}")
                     })?;
                 }
-                if let Some(text) = &comment {
-                    tx.execute(
-                        &format!(
-                            "COMMENT ON INDEX {index} IS {}",
-                            crate::ident::quote_literal(text)
-                        ),
-                        &[],
-                    )
-                    .await?;
-                }
-                let now: String = tx
-                    .query_one("SELECT pg_get_indexdef(to_regclass($1))", &[&index])
-                    .await?
-                    .get(0);
-                if now != definition {
-                    restored.mismatches.push(format!(
-                        "{schema}.{partition}: index {name} is now {now:?}, was {definition:?}"
-                    ));
-                }
+                let what = format!("{schema}.{partition}: index {name}");
+                finish_index(tx, &index, &what, comment.as_deref(), &definition, restored).await?;
             }
             None => restored.mismatches.push(format!(
                 "{schema}.{partition}: index {name} of {parent} did not come back (the partition \
@@ -498,6 +474,14 @@ async fn rename_partition_indexes(
             .await?;
     }
     Ok(())
+}
+
+/// Whether fmig's table `name` exists in the target (it does once an import set anything aside).
+async fn table_exists(client: &Client, name: &str) -> Result<bool> {
+    Ok(client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await?
+        .get(0))
 }
 
 async fn ensure_table(client: &Client) -> Result<()> {
@@ -520,13 +504,7 @@ async fn ensure_table(client: &Client) -> Result<()> {
 
 /// Forgets how `table` was found (`--truncate-first`: the next import records it again).
 pub async fn forget_fingerprint(client: &Client, table: &QualifiedName) -> Result<()> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{FINGERPRINT}') IS NOT NULL"),
-            &[],
-        )
-        .await?
-        .get(0);
+    let exists = table_exists(client, FINGERPRINT).await?;
     if exists {
         client
             .execute(
@@ -541,13 +519,7 @@ pub async fn forget_fingerprint(client: &Client, table: &QualifiedName) -> Resul
 /// Each constraint or index of `table` that the first import recorded and that is now missing
 /// or defined otherwise, in words (empty when nothing was recorded).
 pub async fn schema_changes(client: &Client, table: &QualifiedName) -> Result<Vec<String>> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{FINGERPRINT}') IS NOT NULL"),
-            &[],
-        )
-        .await?
-        .get(0);
+    let exists = table_exists(client, FINGERPRINT).await?;
     if !exists {
         return Ok(Vec::new());
     }

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use tracing::{error, info};
 
-use super::Status;
+use super::{Status, status_text};
 use crate::cli::VerifyArgs;
 use crate::commands::migrate_users::{self, Category, PlanOptions, UserChoices};
 use crate::report::{Align, TextTable, thousands};
@@ -613,15 +613,6 @@ impl Check {
         } else {
             Status::Differs
         };
-    }
-}
-
-fn status_text(status: Status) -> &'static str {
-    match status {
-        Status::Ok => "ok",
-        Status::Differs => "DIFFERS",
-        Status::Error => "ERROR",
-        Status::Skipped => "skipped",
     }
 }
 
