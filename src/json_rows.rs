@@ -75,6 +75,118 @@ pub fn read_rows_keeping(
     read_rows_with(path, columns, Some(keep), Some(kinds), on_row)
 }
 
+/// One row as the raw JSON text of each value (numbers as written, strings with their quotes
+/// and escapes), in the order of the columns asked for.
+pub struct RawRow<'a> {
+    text: &'a str,
+    spans: &'a [(usize, usize)],
+}
+
+impl<'a> RawRow<'a> {
+    /// The raw JSON text of column `i` (an index into the columns asked for).
+    pub fn get(&self, i: usize) -> &'a str {
+        let (start, end) = self.spans[i];
+        &self.text[start..end]
+    }
+}
+
+/// Calls `on_row(index, row)` for every row of the file, each value as its raw JSON text, and
+/// returns the row count. For a pass after [`read_rows_checked`] verified the file: nothing is
+/// hashed, no value is built or checked against its kind, so the load reads each row once
+/// more at about the cost of finding its values (a row must still have every column, once).
+pub fn read_raw_rows(
+    path: &Path,
+    columns: &[String],
+    mut on_row: impl FnMut(u64, RawRow) -> Result<()>,
+) -> Result<u64> {
+    let index = column_index(columns);
+    let shape = Shape {
+        columns,
+        keep: None,
+        kinds: None,
+        index: &index,
+    };
+    let gz = path.extension().is_some_and(|e| e == "gz");
+    let open = || -> Result<Box<dyn Read>> {
+        let file =
+            File::open(path).with_context(|| format!("could not open {}", path.display()))?;
+        Ok(if gz {
+            Box::new(flate2::read::GzDecoder::new(file))
+        } else {
+            Box::new(file)
+        })
+    };
+
+    let mut delivered = 0u64;
+    let mut row: Vec<Option<(usize, usize)>> = vec![None; columns.len()];
+    let mut spans: Vec<(usize, usize)> = Vec::with_capacity(columns.len());
+    let reader = BufReader::with_capacity(256 * 1024, open()?);
+    let lines = export_lines(reader, MAX_LINE, &mut |i, object| {
+        let mut de = serde_json::Deserializer::from_str(object);
+        let parsed = RawRowSeed {
+            shape: &shape,
+            row: &mut row,
+            base: object.as_ptr() as usize,
+            number: i + 1,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            row.fill(None);
+            return Ok(false);
+        }
+        spans.clear();
+        spans.extend(row.iter_mut().map(|s| s.take().expect("every column")));
+        on_row(
+            i,
+            RawRow {
+                text: object,
+                spans: &spans,
+            },
+        )?;
+        delivered += 1;
+        Ok(true)
+    })?;
+    if let Some(rows) = lines {
+        return Ok(rows);
+    }
+
+    // Another layout: the general parser builds the values, and each is written back as JSON
+    // text (the same value; numbers keep their text). Rows already handed over are skipped.
+    let mut text = String::new();
+    let mut remaining = |i: u64, values: &[Value]| {
+        if i < delivered {
+            return Ok(());
+        }
+        text.clear();
+        spans.clear();
+        for value in values {
+            let start = text.len();
+            text.push_str(&value.to_string());
+            spans.push((start, text.len()));
+        }
+        on_row(
+            i,
+            RawRow {
+                text: &text,
+                spans: &spans,
+            },
+        )
+    };
+    // serde_json's reader reads one byte at a time: the boxed reader under a BufReader it can
+    // see keeps that inline.
+    let reader = BufReader::with_capacity(256 * 1024, open()?);
+    parse(reader, path, &shape, &mut remaining)
+}
+
+fn column_index(columns: &[String]) -> HashMap<&str, usize> {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect()
+}
+
 fn read_rows_with(
     path: &Path,
     columns: &[String],
@@ -82,11 +194,7 @@ fn read_rows_with(
     kinds: Option<&[ColumnKind]>,
     mut on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
-    let index: HashMap<&str, usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    let index = column_index(columns);
     let shape = Shape {
         columns,
         keep,
@@ -184,10 +292,40 @@ const MAX_LINE: u64 = 8 << 20;
 /// error, a line longer than `max_line` bytes), leaving it to [`parse`]. `Err` only from
 /// `on_row`.
 fn parse_lines(
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     shape: &Shape,
     max_line: u64,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
+) -> Result<Option<u64>> {
+    let mut row: Vec<Option<Value>> = vec![None; shape.columns.len()];
+    let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
+    export_lines(reader, max_line, &mut |i, object| {
+        let mut de = serde_json::Deserializer::from_str(object);
+        let parsed = RowSeed {
+            shape,
+            row: &mut row,
+            number: i + 1,
+            borrows: true,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            return Ok(false);
+        }
+        values.clear();
+        values.extend(row.iter_mut().map(|v| v.take().unwrap_or(Value::Null)));
+        on_row(i, &values)?;
+        Ok(true)
+    })
+}
+
+/// The layout of the fast path, line by line: `on_object(index, text)` gets each row's
+/// object text (valid UTF-8, without its comma) and says whether it took the row; `false`,
+/// or anything in the layout that differs, ends the walk with `Ok(None)`.
+fn export_lines(
+    mut reader: impl BufRead,
+    max_line: u64,
+    on_object: &mut dyn FnMut(u64, &str) -> Result<bool>,
 ) -> Result<Option<u64>> {
     let mut line = Vec::with_capacity(64 * 1024);
     // The line without its newline; None at the end of the file, on a read error, or when
@@ -205,8 +343,6 @@ fn parse_lines(
     if next(&mut line).is_none_or(|n| line[..n] != *b"[") {
         return Ok(None);
     }
-    let mut row: Vec<Option<Value>> = vec![None; shape.columns.len()];
-    let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
     let mut rows = 0u64;
     let mut comma = false;
     loop {
@@ -228,21 +364,14 @@ fn parse_lines(
             Some((b',', object)) => (object, true),
             _ => (text, false),
         };
-        let mut de = serde_json::Deserializer::from_slice(object);
-        let parsed = RowSeed {
-            shape,
-            row: &mut row,
-            number: rows + 1,
-            from_slice: true,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-        if parsed.is_err() {
+        // Checked once here: parsing from a `str`, serde_json does not check each string
+        // and raw value again.
+        let Ok(object) = std::str::from_utf8(object) else {
+            return Ok(None);
+        };
+        if !on_object(rows, object)? {
             return Ok(None);
         }
-        values.clear();
-        values.extend(row.iter_mut().map(|v| v.take().unwrap_or(Value::Null)));
-        on_row(rows, &values)?;
         rows += 1;
         comma = ends_with_comma;
     }
@@ -311,7 +440,7 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
                 shape: self.shape,
                 row: &mut row,
                 number: rows + 1,
-                from_slice: false,
+                borrows: false,
             })?
             .is_some()
         {
@@ -333,7 +462,7 @@ struct RowSeed<'a> {
     number: u64,
     /// Parsing a line held in memory (the fast path): values not kept can be borrowed as raw
     /// JSON text and their kinds checked on it, without building anything.
-    from_slice: bool,
+    borrows: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
@@ -379,7 +508,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     }
                     value
                 }
-                Some(check) if self.from_slice => {
+                Some(check) if self.borrows => {
                     // Any doubt sends the file to the general parser, whose KindCheck decides
                     // and words the error.
                     let raw: &serde_json::value::RawValue = map.next_value()?;
@@ -403,6 +532,54 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 "row {} has no column {:?}",
                 self.number, columns[missing]
             )));
+        }
+        Ok(())
+    }
+}
+
+/// A row of the fast path as the byte span of each value's raw text in the line (`base` is
+/// where the line starts), checked for every column once and no other.
+struct RawRowSeed<'a> {
+    shape: &'a Shape<'a>,
+    row: &'a mut Vec<Option<(usize, usize)>>,
+    base: usize,
+    number: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for RawRowSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawRowSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "row {} as a JSON object", self.number)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut position = 0;
+        while let Some(i) = map.next_key_seed(KeySeed {
+            shape: self.shape,
+            position,
+            number: self.number,
+        })? {
+            position += 1;
+            let raw: &serde_json::value::RawValue = map.next_value()?;
+            // Where the borrowed text sits in the line: an offset, not a pointer.
+            let start = raw.get().as_ptr() as usize - self.base;
+            if self.row[i]
+                .replace((start, start + raw.get().len()))
+                .is_some()
+            {
+                return Err(de::Error::custom("a column twice"));
+            }
+        }
+        if self.row.iter().any(Option::is_none) {
+            return Err(de::Error::custom("a column missing"));
         }
         Ok(())
     }
@@ -841,16 +1018,7 @@ mod tests {
     /// `t.json.gz`, read with `keep` when given.
     fn calls(text: &str, gz: bool, keep: Option<&[bool]>) -> Result<Vec<(u64, Vec<String>)>> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(if gz { "t.json.gz" } else { "t.json" });
-        if gz {
-            use std::io::Write;
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            encoder.write_all(text.as_bytes()).unwrap();
-            std::fs::write(&path, encoder.finish().unwrap()).unwrap();
-        } else {
-            std::fs::write(&path, text).unwrap();
-        }
+        let path = write_rows_file(dir.path(), text, gz);
         let columns = vec!["a".to_string(), "b".to_string()];
         let mut seen = Vec::new();
         let on_row = |i: u64, values: &[Value]| {
@@ -873,6 +1041,35 @@ mod tests {
         assert_eq!(read.bytes, bytes.len() as u64);
         assert_eq!(read.sha256, hex(&Sha256::digest(&bytes)));
         assert_eq!(read.rows, seen.len() as u64);
+        Ok(seen)
+    }
+
+    fn write_rows_file(dir: &Path, text: &str, gz: bool) -> std::path::PathBuf {
+        let path = dir.join(if gz { "t.json.gz" } else { "t.json" });
+        if gz {
+            use std::io::Write;
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(text.as_bytes()).unwrap();
+            std::fs::write(&path, encoder.finish().unwrap()).unwrap();
+        } else {
+            std::fs::write(&path, text).unwrap();
+        }
+        path
+    }
+
+    /// Every call of `read_raw_rows`' `on_row` (index and raw values) for `text`.
+    fn raw_calls(text: &str, gz: bool) -> Result<Vec<(u64, Vec<String>)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_rows_file(dir.path(), text, gz);
+        let columns = vec!["a".to_string(), "b".to_string()];
+        let mut seen = Vec::new();
+        let rows = read_raw_rows(&path, &columns, |i, row| {
+            seen.push((i, vec![row.get(0).to_string(), row.get(1).to_string()]));
+            Ok(())
+        })
+        .map_err(|e| anyhow!("{e:#}"))?;
+        assert_eq!(rows, seen.len() as u64);
         Ok(seen)
     }
 
@@ -942,6 +1139,7 @@ mod tests {
         ] {
             for gz in [false, true] {
                 assert_eq!(calls(text, gz, None).unwrap(), expected, "{text:?} gz={gz}");
+                assert_eq!(raw_calls(text, gz).unwrap(), expected, "{text:?} gz={gz}");
             }
         }
         // Columns not kept are checked, not built.
@@ -958,6 +1156,53 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 3 column"), "{err}");
+    }
+
+    #[test]
+    fn raw_rows_keep_each_value_as_written_on_every_path() {
+        // The line-by-line path hands over the text as written; the general parser (another
+        // layout, or a row the fast path refuses) writes the same value back.
+        let line = "[\n{\"a\":1.50,\"b\":\"caf\\u00e9 \\\"x\\\"\"},\n{\"b\":{\"k\":[1e400]},\"a\":-0}\n]\n";
+        assert_eq!(
+            raw_calls(line, false).unwrap(),
+            strings(&[
+                (0, ["1.50", "\"caf\\u00e9 \\\"x\\\"\""]),
+                (1, ["-0", "{\"k\":[1e400]}"])
+            ])
+        );
+        let compact = line.replace('\n', "");
+        let general = raw_calls(&compact, false).unwrap();
+        assert_eq!(general.len(), 2);
+        for ((_, fast), (_, slow)) in raw_calls(line, false).unwrap().iter().zip(&general) {
+            for (f, s) in fast.iter().zip(slow) {
+                let f: Value = serde_json::from_str(f).unwrap();
+                let s: Value = serde_json::from_str(s).unwrap();
+                assert_eq!(f, s);
+            }
+        }
+        assert_eq!(general[0].1[0], "1.50", "numbers keep their text");
+        // A column twice or missing on line 3: the general parser takes over from there, the
+        // rows before are not handed over again, and its error names the row.
+        for (row, found) in [
+            (
+                "{\"a\":2,\"a\":3,\"b\":null}",
+                "row 2 has column \"a\" twice",
+            ),
+            ("{\"a\":2}", "row 2 has no column \"b\""),
+            (
+                "{\"a\":2,\"b\":null,\"c\":1}",
+                "metadata.json does not list",
+            ),
+        ] {
+            let text = format!("[\n{{\"a\":1,\"b\":\"x\"}},\n{row}\n]\n");
+            let err = raw_calls(&text, false).unwrap_err().to_string();
+            assert!(err.contains(found), "{row}: {err}");
+        }
+        let text = "[\n{\"a\":1,\"b\":\"x\"},\n{\"a\":2,\n\"b\":null}\n]\n";
+        assert_eq!(
+            raw_calls(text, true).unwrap(),
+            strings(&[(0, ["1", "\"x\""]), (1, ["2", "null"])])
+        );
     }
 
     #[test]

@@ -858,6 +858,16 @@ async fn truncate(client: &Client, plans: &[TablePlan]) -> Result<()> {
     Ok(())
 }
 
+/// The string a raw JSON value holds, or None for any other value (a user-id column holding
+/// null or a number is not rewritten).
+fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(inner.into());
+    }
+    serde_json::from_str::<String>(raw).ok().map(Into::into)
+}
+
 async fn load_table(
     client: &mut Client,
     plan: &TablePlan,
@@ -898,17 +908,16 @@ async fn load_table(
         let not_null: Vec<bool> = plan.entry.columns.iter().map(|c| c.not_null).collect();
         let fields = plan.copy_fields.clone();
         let user_ids = plan.user_ids.clone();
-        // New ids as ready-made values, so a rewritten row borrows them instead of copying.
-        let user_map: Option<HashMap<String, Value>> = user_map.map(|map| {
+        // New ids as ready-made JSON text, so a rewritten row borrows them instead of copying.
+        let user_map: Option<HashMap<String, String>> = user_map.map(|map| {
             map.iter()
-                .map(|(old, new)| (old.clone(), Value::String(new.clone())))
+                .map(|(old, new)| (old.clone(), Value::String(new.clone()).to_string()))
                 .collect()
         });
         let batch_size = u64::from(args.batch_size);
         let left_behind = plan.left_behind.clone();
         let lookups = plan.lookups.clone();
         tokio::task::spawn_blocking(move || {
-            static NULL: Value = Value::Null;
             let mut batch = Batch {
                 first_row: from,
                 next_row: from,
@@ -916,12 +925,14 @@ async fn load_table(
                 file_rows: Vec::new(),
                 data: Vec::with_capacity(64 * 1024),
             };
-            // Per column of the file: the value written instead of the file's (a user id
-            // rewritten, or NULL for an unmapped one); None writes the file's value.
-            let mut rewritten: Vec<Option<&Value>> = vec![None; columns.len()];
+            // Per column of the file: the JSON text written instead of the file's (a user id
+            // rewritten, or null for an unmapped one); None writes the file's value.
+            let mut rewritten: Vec<Option<&str>> = vec![None; columns.len()];
             let mut line = Vec::new();
             let mut raw = Vec::new();
-            json_rows::read_rows(&path, &columns, |i, values| {
+            // The check pass read every value against its kind and the file's hash: this pass
+            // takes each value's JSON text as it stands and builds nothing for the common ones.
+            json_rows::read_raw_rows(&path, &columns, |i, row| {
                 if i < from {
                     return Ok(());
                 }
@@ -930,15 +941,21 @@ async fn load_table(
                     if let Some(map) = &user_map {
                         for &(c, _, policy) in &user_ids {
                             rewritten[c] = None;
-                            if let Value::String(old) = &values[c] {
-                                match map.get(&old.to_ascii_lowercase()) {
-                                    Some(new) => rewritten[c] = Some(new),
-                                    None if policy == Unmapped::Null => rewritten[c] = Some(&NULL),
-                                    None if policy == Unmapped::Keep => {}
-                                    // skip_row rows were left behind above; fail stopped the
-                                    // import before it began: the file changed since.
-                                    None => bail!("row {}: user id {old} has no mapping", i + 1),
-                                }
+                            let Some(old) = json_string(row.get(c)) else {
+                                continue;
+                            };
+                            let new = if old.bytes().any(|b| b.is_ascii_uppercase()) {
+                                map.get(&old.to_ascii_lowercase())
+                            } else {
+                                map.get(old.as_ref())
+                            };
+                            match new {
+                                Some(new) => rewritten[c] = Some(new),
+                                None if policy == Unmapped::Null => rewritten[c] = Some("null"),
+                                None if policy == Unmapped::Keep => {}
+                                // skip_row rows were left behind above; fail stopped the
+                                // import before it began: the file changed since.
+                                None => bail!("row {}: user id {old} has no mapping", i + 1),
                             }
                         }
                     }
@@ -952,8 +969,8 @@ async fn load_table(
                         if n > 0 {
                             out.push(b'\t');
                         }
-                        let value = rewritten[f].unwrap_or(&values[f]);
-                        copy_text::write_export_field(out, &kinds[f], not_null[f], value)
+                        let value = rewritten[f].unwrap_or_else(|| row.get(f));
+                        copy_text::write_raw_field(out, &kinds[f], not_null[f], value)
                             .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
                     }
                     out.push(b'\n');
@@ -964,11 +981,11 @@ async fn load_table(
                             if n > 0 {
                                 raw.push(b'\t');
                             }
-                            copy_text::write_export_field(
+                            copy_text::write_raw_field(
                                 &mut raw,
                                 &kinds[f],
                                 not_null[f],
-                                &values[f],
+                                row.get(f),
                             )
                             .with_context(|| format!("row {} column {}", i + 1, columns[f]))?;
                         }
