@@ -392,8 +392,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub disable_fk: bool,
 
-    /// Tables loaded at the same time, each on its own connection (tables of one foreign-key
-    /// level together; checkpoints and resume stay per table).
+    /// Connections writing at the same time: tables of one foreign-key level load together,
+    /// and connections a level has more of than tables write batches of its largest tables
+    /// side by side (committed in file order, so checkpoints and resume stay per table).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub jobs: u16,
 

@@ -231,9 +231,10 @@ fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
 
     // Kill -9 at several moments (deterministic spread: 0.3 s .. 2.1 s), re-running each time.
     let mut kills = 0;
-    // Every other run loads two tables at a time.
+    // Every other run writes with six connections: tables side by side, and sensor_readings
+    // on several connections at once.
     for (round, delay_ms) in [300u64, 700, 1100, 1500, 2100].into_iter().enumerate() {
-        let jobs = if round % 2 == 1 { "2" } else { "1" };
+        let jobs = if round % 2 == 1 { "6" } else { "1" };
         let mut child = s
             .work
             .command(
@@ -327,6 +328,67 @@ fn killed_and_restarted_imports_resume_without_duplicates_or_gaps() {
         reference,
         "the refused run changed the target"
     );
+}
+
+#[test]
+fn one_table_written_by_several_connections_commits_in_file_order() {
+    let s = setup(&SeedConfig {
+        sensor_readings: 40_000,
+        ..SeedConfig::default()
+    });
+    s.cluster.create_database("reference");
+    seed::load_target_schema(&s.cluster, "reference");
+    s.import_into("reference", &["--unmapped", "null"])
+        .expect_code(0);
+    let reference = fingerprint(&s.cluster, "reference");
+
+    // The target refuses one reading in the middle of the file: its batch fails while later
+    // batches are being written on other connections, and none of those may commit.
+    let rejected: u64 = 25_001;
+    let id = s.source(&format!(
+        "SELECT id FROM public.sensor_readings ORDER BY id OFFSET {} LIMIT 1",
+        rejected - 1
+    ));
+    s.target(&format!(
+        "ALTER TABLE public.sensor_readings ADD CONSTRAINT not_this_one CHECK (id <> {id})"
+    ));
+    // Eight connections for five tables at sensor_readings' level: the spares all go to it.
+    let args = ["--unmapped", "null", "--batch-size", "100", "--jobs", "8"];
+    let run = s.import(&args);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(&format!(
+            "public.sensor_readings: the target rejected row {rejected} of sensor_readings.json"
+        )),
+        "{}",
+        run.stderr
+    );
+    // What is committed is exactly the rows before the failed batch: no later batch got in.
+    let committed = s.target(
+        "SELECT rows_committed FROM fmig.import_progress WHERE table_name = 'sensor_readings'",
+    );
+    assert_eq!(committed, (rejected / 100 * 100).to_string());
+    assert_eq!(
+        s.target("SELECT count(*) FROM public.sensor_readings"),
+        committed
+    );
+    assert_eq!(
+        s.target(&format!(
+            "SELECT count(*) FROM public.sensor_readings WHERE id > {id}"
+        )),
+        "0"
+    );
+
+    s.target("ALTER TABLE public.sensor_readings DROP CONSTRAINT not_this_one");
+    s.import(&args).expect_code(0);
+    assert_eq!(fingerprint(&s.cluster, TARGET_DB), reference);
+    let log = s.work.log();
+    let imported = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"imported\"") && l.contains("\"table\":\"sensor_readings\""))
+        .unwrap_or_else(|| panic!("no imported line in {log}"));
+    assert!(imported.contains("\"writers\":4"), "{imported}");
 }
 
 #[test]

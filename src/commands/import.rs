@@ -113,6 +113,8 @@ struct Loaded {
     seconds: f64,
     /// Rows of the file left behind on purpose.
     left_behind: u64,
+    /// Connections that wrote its batches.
+    writers: usize,
 }
 
 pub async fn run(args: &ImportArgs) -> Result<Outcome> {
@@ -415,19 +417,11 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
                 deferred::defer(&mut client, &plan.target, !args.disable_fk).await?;
             }
         }
-        let mut queues: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); writers.len() + 1];
-        let mut by_size = group.clone();
-        by_size.sort_by_key(|&i| std::cmp::Reverse(plans[i].entry.rows));
-        for i in by_size {
-            let lightest = queues
-                .iter_mut()
-                .min_by_key(|(rows, _)| *rows)
-                .expect("at least one writer");
-            lightest.0 += plans[i].entry.rows;
-            lightest.1.push(i);
-        }
-        let connections = std::iter::once(&mut client).chain(writers.iter_mut());
-        let loads = connections.zip(queues).map(|(writer, (_, queue))| {
+        let connections: Vec<&Client> = std::iter::once(&client).chain(&writers).collect();
+        let queues = share_out(&group, |i| plans[i].entry.rows, connections.len());
+        let mut spare = connections.iter().copied();
+        let loads = queues.into_iter().map(|(queue, writers)| {
+            let writers: Vec<&Client> = spare.by_ref().take(writers).collect();
             let (plans, start_at, user_map) = (&plans, &start_at, user_map.as_ref());
             async move {
                 let mut done = Vec::new();
@@ -436,7 +430,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
                     let from = start_at.get(plan.name()).copied().unwrap_or(0);
                     done.push((
                         i,
-                        load_table(writer, plan, dir, from, args, user_map).await?,
+                        load_table(&writers, plan, dir, from, args, user_map).await?,
                     ));
                 }
                 Ok::<_, anyhow::Error>(done)
@@ -511,7 +505,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
         ));
     }
     for r in &results {
-        info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, left_behind = r.left_behind, seconds = r.seconds, "imported");
+        info!(target: "fmig::report", table = %r.table, rows = r.rows_in_file, already = r.already, loaded = r.loaded, left_behind = r.left_behind, seconds = r.seconds, writers = r.writers, "imported");
     }
     info!(target: "fmig::report", tables = results.len(), rows = results.iter().map(|r| r.loaded).sum::<u64>(), seconds = started.elapsed().as_secs_f64(), orphans = orphans.len(), "import summary");
     progress::suspend(|| print!("{summary}"));
@@ -868,8 +862,12 @@ fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     serde_json::from_str::<String>(raw).ok().map(Into::into)
 }
 
+/// Loads one table's file from row `from`, on one writer or several. With several, batches
+/// are written at the same time, one per writer, and committed strictly in file order (each
+/// waits for the batch before it), so the checkpoint still says "every row before this one is
+/// in" and resuming is as with one writer.
 async fn load_table(
-    client: &mut Client,
+    writers: &[&Client],
     plan: &TablePlan,
     dir: &Path,
     from: u64,
@@ -879,6 +877,15 @@ async fn load_table(
     let started = Instant::now();
     let name = plan.name();
     let total = plan.entry.rows;
+    let client = writers[0];
+    // A staged table's INSERT may meet a row of a later batch still being written (ON
+    // CONFLICT of a split table), which a strict commit order would turn into a wait with no
+    // end: only tables copied straight in share their batches out.
+    let writers = if plan.staging.is_some() {
+        &writers[..1]
+    } else {
+        writers
+    };
     if from >= total {
         ensure_checkpoint(client, plan).await?;
         return Ok(Loaded {
@@ -888,18 +895,29 @@ async fn load_table(
             loaded: 0,
             seconds: 0.0,
             left_behind: plan.left_behind.len() as u64,
+            writers: 0,
         });
     }
-    if let Some((create, _)) = &plan.staging {
-        client
-            .batch_execute(create)
-            .await
-            .with_context(|| format!("{name}: could not create the staging table"))?;
+    for writer in writers {
+        if let Some((create, _)) = &plan.staging {
+            writer
+                .batch_execute(create)
+                .await
+                .with_context(|| format!("{name}: could not create the staging table"))?;
+        }
+        if writers.len() > 1 {
+            // An earlier batch that waits for a later one's row (the same key in both) would
+            // wait for ever, the later one waiting for its turn to commit: a lock wait this
+            // long ends it with an error instead.
+            writer
+                .batch_execute(&format!("SET lock_timeout = '{PARALLEL_LOCK_TIMEOUT}'"))
+                .await?;
+        }
     }
     let bar = progress::bar(total, name);
     bar.set_position(from);
 
-    let (sender, mut receiver) = mpsc::channel::<Batch>(4);
+    let (sender, receiver) = mpsc::channel::<Batch>(4 * writers.len());
     let reader = {
         let path: PathBuf = dir.join(&plan.entry.file);
         let columns = plan.columns.clone();
@@ -1026,42 +1044,59 @@ async fn load_table(
         })
     };
 
-    let mut committed = from;
-    let mut failure = None;
-    // The batches' statements are parsed once for the whole table, and the first batch's
-    // transaction is opened (each commit opens the next one: see write_batch).
-    let opened = async {
-        let statements = prepare_batch_statements(client, plan).await?;
-        client.batch_execute("BEGIN").await?;
-        anyhow::Ok(statements)
-    }
-    .await;
-    let statements = match opened {
-        Ok(statements) => Some(statements),
-        Err(e) => {
-            failure = Some(e);
-            None
+    // Where the committed rows end: each batch commits once this reaches its first row.
+    let (turn, turns) = tokio::sync::watch::channel(from);
+    let receiver = tokio::sync::Mutex::new(receiver);
+    let loads = writers.iter().map(|&writer| {
+        let (receiver, turn, bar) = (&receiver, &turn, &bar);
+        let mut turns = turns.clone();
+        async move {
+            // The statements are parsed once per writer for the whole table, and the first
+            // batch's transaction is opened (each commit opens the next one: see write_batch).
+            let statements = prepare_batch_statements(writer, plan).await?;
+            writer.batch_execute("BEGIN").await?;
+            let written = async {
+                loop {
+                    let Some(batch) = receiver.lock().await.recv().await else {
+                        return anyhow::Ok(());
+                    };
+                    let (first_row, next_row) = (batch.first_row, batch.next_row);
+                    let my_turn = async {
+                        turns
+                            .wait_for(|&committed| committed == first_row)
+                            .await
+                            .map(|_| ())
+                            .map_err(|_| anyhow!("the import stopped"))
+                    };
+                    write_batch(writer, plan, &statements, batch, my_turn)
+                        .await
+                        .map_err(|e| parallel_wait(e, writers.len(), first_row, next_row))?;
+                    turn.send_replace(next_row);
+                    bar.set_position(next_row);
+                }
+            }
+            .await;
+            // Ends the transaction the last commit opened, empty; after a failure, the failed
+            // batch's.
+            let ended = writer.batch_execute("ROLLBACK").await;
+            written?;
+            ended.context("could not end the last batch's transaction")?;
+            if writers.len() > 1 {
+                writer.batch_execute("RESET lock_timeout").await?;
+            }
+            anyhow::Ok(())
         }
-    };
-    while let Some(statements) = &statements
-        && let Some(batch) = receiver.recv().await
-    {
-        let next_row = batch.next_row;
-        if let Err(e) = write_batch(client, plan, statements, batch).await {
-            failure = Some(e);
-            break;
-        }
-        committed = next_row;
-        bar.set_position(committed);
-    }
+    });
+    // The first failure stops the others where they are: a batch not yet committed is rolled
+    // back with its connection's transaction (see below), one committing is in order.
+    let failure = futures::future::try_join_all(loads).await.err();
     drop(receiver);
-    // Ends the transaction the last commit opened, empty; after a failure, the failed batch's.
-    if statements.is_some()
-        && let Err(e) = client.batch_execute("ROLLBACK").await
-        && failure.is_none()
-    {
-        failure = Some(anyhow!(e).context("could not end the last batch's transaction"));
+    if failure.is_some() {
+        for writer in writers {
+            let _ = writer.batch_execute("ROLLBACK").await;
+        }
     }
+    let committed = *turns.borrow();
     let read = reader.await.context("the file reader panicked")?;
     bar.finish_and_clear();
     if let Some(e) = failure {
@@ -1085,6 +1120,7 @@ async fn load_table(
         loaded: committed - from - plan.left_behind.range(from..).count() as u64,
         seconds: started.elapsed().as_secs_f64(),
         left_behind: plan.left_behind.len() as u64,
+        writers: writers.len(),
     })
 }
 
@@ -1122,54 +1158,91 @@ async fn write_batch(
     plan: &TablePlan,
     statements: &BatchStatements,
     mut batch: Batch,
+    my_turn: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()> {
-    let sink = client.copy_in(&statements.copy).await?;
-    pin_mut!(sink);
-    let copied = async {
-        sink.send(Bytes::from(std::mem::take(&mut batch.data)))
-            .await?;
+    // The COPY, the staged INSERT and the checkpoint's commit go out back to back, each
+    // behind the one before on the connection, instead of one round trip after another (a
+    // third of a 500-row batch's time). Nothing can commit what failed: after an error the
+    // transaction is aborted, so the later statements fail too, and COMMIT is never reached.
+    let data = Bytes::from(std::mem::take(&mut batch.data));
+    let copy = async {
+        let sink = client.copy_in(&statements.copy).await?;
+        pin_mut!(sink);
+        sink.send(data).await?;
         sink.finish().await
-    }
-    .await;
+    };
+    let insert = async {
+        match &statements.insert {
+            Some(insert) => client.execute(insert, &[]).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let checkpoint = format!(
+        "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
+         VALUES ({}, {}, {}, {}) ON CONFLICT (table_name) DO UPDATE \
+         SET rows_committed = EXCLUDED.rows_committed, file_sha256 = EXCLUDED.file_sha256, \
+             rows_total = EXCLUDED.rows_total, updated_at = now(); \
+         COMMIT; BEGIN",
+        quote_literal(plan.name()),
+        quote_literal(&plan.entry.sha256),
+        batch.next_row,
+        plan.entry.rows
+    );
+    let commit = async {
+        my_turn.await?;
+        client
+            .batch_execute(&checkpoint)
+            .await
+            .context("could not commit a batch")
+    };
+    // `join!` polls in order, so the requests reach the connection in this order.
+    let (copied, inserted, committed) = futures::join!(copy, insert, commit);
     if let Err(e) = copied {
         return Err(row_error(plan, &batch, e));
     }
-    if let Some(insert) = &statements.insert {
-        client.execute(insert, &[]).await.map_err(|e| {
-            if connect::is_connection_lost(&e) {
-                return anyhow::Error::new(e).context(format!(
-                    "{}: writing rows {}..{} of {} failed",
-                    plan.name(),
-                    batch.first_row + 1,
-                    batch.next_row,
-                    plan.entry.file
-                ));
-            }
-            anyhow!(
-                "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
+    inserted.map_err(|e| {
+        if connect::is_connection_lost(&e) {
+            return anyhow::Error::new(e).context(format!(
+                "{}: writing rows {}..{} of {} failed",
                 plan.name(),
                 batch.first_row + 1,
                 batch.next_row,
-                plan.entry.file,
-                crate::column_map::server_message(&e)
-            )
-        })?;
+                plan.entry.file
+            ));
+        }
+        anyhow!(
+            "{}: the target rejected rows {}..{} of {} (after the column mapping): {}",
+            plan.name(),
+            batch.first_row + 1,
+            batch.next_row,
+            plan.entry.file,
+            crate::column_map::server_message(&e)
+        )
+    })?;
+    committed
+}
+
+/// How long a parallel writer's statement waits for a lock before it gives up (see
+/// [`parallel_wait`]).
+const PARALLEL_LOCK_TIMEOUT: &str = "60s";
+
+/// With several writers, a lock timeout means a batch waited for a later batch's rows: the
+/// same key in both. One writer names the row the target rejects.
+fn parallel_wait(e: anyhow::Error, writers: usize, first_row: u64, next_row: u64) -> anyhow::Error {
+    let timed_out = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .any(|e| e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE));
+    if writers < 2 || !timed_out {
+        return e;
     }
-    let done = batch.next_row;
-    client
-        .batch_execute(&format!(
-            "INSERT INTO {CHECKPOINT_TABLE} (table_name, file_sha256, rows_committed, rows_total) \
-             VALUES ({}, {}, {done}, {}) ON CONFLICT (table_name) DO UPDATE \
-             SET rows_committed = EXCLUDED.rows_committed, file_sha256 = EXCLUDED.file_sha256, \
-                 rows_total = EXCLUDED.rows_total, updated_at = now(); \
-             COMMIT; BEGIN",
-            quote_literal(plan.name()),
-            quote_literal(&plan.entry.sha256),
-            plan.entry.rows
-        ))
-        .await
-        .context("could not commit a batch")?;
-    Ok(())
+    e.context(format!(
+        "rows {}..{} waited {PARALLEL_LOCK_TIMEOUT} for rows written at the same time by another \
+         of the {writers} writers (the same key twice in the file?).\n  next step: run again with \
+         --jobs 1, which names the row the target rejects",
+        first_row + 1,
+        next_row
+    ))
 }
 
 /// Names the file row, column and reason of a row the server rejected. The server's CONTEXT
@@ -1293,6 +1366,41 @@ async fn orphan_check(
         tracing::error!(target: "fmig::report", "foreign key violated: {p}");
     }
     Ok(problems)
+}
+
+/// Shares the tables `group` (sizes from `rows`) out over `writers` connections: as many
+/// queues as there are tables, up to one per writer, the largest tables first, each to the
+/// lightest queue; writers left over (a level of fewer tables than writers) go one by one to
+/// the queue with the most rows per writer, whose tables they load together. `(tables,
+/// writers)` per queue.
+fn share_out(
+    group: &[usize],
+    rows: impl Fn(usize) -> u64,
+    writers: usize,
+) -> Vec<(Vec<usize>, usize)> {
+    let queue_count = group.len().clamp(1, writers);
+    let mut queues: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); queue_count];
+    let mut by_size = group.to_vec();
+    by_size.sort_by_key(|&i| std::cmp::Reverse(rows(i)));
+    for i in by_size {
+        let lightest = queues
+            .iter_mut()
+            .min_by_key(|(rows, _)| *rows)
+            .expect("at least one queue");
+        lightest.0 += rows(i);
+        lightest.1.push(i);
+    }
+    let mut shared: Vec<(u64, Vec<usize>, usize)> =
+        queues.into_iter().map(|(rows, q)| (rows, q, 1)).collect();
+    for _ in queue_count..writers {
+        // To the queue with the most rows per writer.
+        let busiest = shared
+            .iter_mut()
+            .max_by(|a, b| (a.0 * b.2 as u64).cmp(&(b.0 * a.2 as u64)))
+            .expect("at least one queue");
+        busiest.2 += 1;
+    }
+    shared.into_iter().map(|(_, q, w)| (q, w)).collect()
 }
 
 /// A writing connection's settings. Each batch's commit carries its checkpoint, so losing an
@@ -1484,4 +1592,35 @@ fn render_summary(results: &[Loaded], seconds: f64, orphans: &[String], dir: &Pa
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_out;
+
+    #[test]
+    fn writers_are_shared_out_by_rows_and_spares_go_where_rows_per_writer_are_most() {
+        let rows = [1_000_000u64, 10, 500_000, 0];
+        let of = |i: usize| rows[i];
+        // One writer: every table in one queue, largest first.
+        assert_eq!(share_out(&[0, 1, 2, 3], of, 1), vec![(vec![0, 2, 1, 3], 1)]);
+        // As many queues as writers; the big table alone.
+        let two = share_out(&[0, 1, 2, 3], of, 2);
+        assert!(two.contains(&(vec![0], 1)), "{two:?}");
+        assert!(two.contains(&(vec![2, 1, 3], 1)), "{two:?}");
+        // One table, three writers: all three on it.
+        assert_eq!(share_out(&[0], of, 3), vec![(vec![0], 3)]);
+        // Two tables, five writers: the spares follow the rows (1M: 3 writers, 500k: 2).
+        let mut five = share_out(&[0, 2], of, 5);
+        five.sort();
+        assert_eq!(five, vec![(vec![0], 3), (vec![2], 2)]);
+        // Every writer is used exactly once.
+        for writers in 1..8 {
+            let total: usize = share_out(&[0, 1, 2, 3], of, writers)
+                .iter()
+                .map(|(_, w)| w)
+                .sum();
+            assert_eq!(total, writers);
+        }
+    }
 }
