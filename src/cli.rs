@@ -131,7 +131,7 @@ pub enum Command {
     /// table's rows (an `also` entry: a unit `<table>+<target>` with its own checkpoint).
     /// Sequences are advanced to the imported maximum at the end.
     #[command(
-        after_help = "Examples:\n  fmig import --dry-run\n  fmig import\n  fmig import --truncate-first --yes      # start over\n  fmig import --disable-fk                # then checks every foreign key for orphans\n  fmig import --jobs 4                    # four tables at a time\n  fmig import --restore-schema            # put back what an interrupted import set aside"
+        after_help = "Examples:\n  fmig import --dry-run\n  fmig import\n  fmig import --truncate-first --yes      # start over\n  fmig import --disable-fk                # then checks every foreign key for orphans\n  fmig import --jobs 4                    # four connections: tables side by side, the largest in parallel batches\n  fmig import --restore-schema            # put back what an interrupted import set aside"
     )]
     Import(ImportArgs),
 

@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 use crate::codec::ColumnKind;
 use crate::files::hex;
 
+mod parallel;
+
 /// What reading a whole file found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRead {
@@ -297,26 +299,7 @@ fn parse_lines(
     max_line: u64,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<Option<u64>> {
-    let mut row: Vec<Option<Value>> = vec![None; shape.columns.len()];
-    let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
-    export_lines(reader, max_line, &mut |i, object| {
-        let mut de = serde_json::Deserializer::from_str(object);
-        let parsed = RowSeed {
-            shape,
-            row: &mut row,
-            number: i + 1,
-            borrows: true,
-        }
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
-        if parsed.is_err() {
-            return Ok(false);
-        }
-        values.clear();
-        values.extend(row.iter_mut().map(|v| v.take().unwrap_or(Value::Null)));
-        on_row(i, &values)?;
-        Ok(true)
-    })
+    parallel::parse_lines(reader, shape, max_line, on_row)
 }
 
 /// The layout of the fast path, line by line: `on_object(index, text)` gets each row's
@@ -1156,6 +1139,73 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 3 column"), "{err}");
+    }
+
+    #[test]
+    fn rows_parsed_on_several_threads_come_in_file_order_each_once() {
+        // Enough rows for many blocks; row `bad` differs in each case.
+        let rows = 20_000u64;
+        let file = |bad: u64, line: &str| {
+            let mut text = String::from("[\n");
+            for i in 0..rows {
+                let row = if i == bad {
+                    line.to_string()
+                } else {
+                    format!("{{\"a\":{i},\"b\":\"r{i}\"}}")
+                };
+                text.push_str(&row);
+                text.push_str(if i + 1 < rows { ",\n" } else { "\n" });
+            }
+            text + "]\n"
+        };
+        let expected: Vec<(u64, Vec<String>)> = (0..rows)
+            .map(|i| (i, vec![i.to_string(), format!("\"r{i}\"")]))
+            .collect();
+        for gz in [false, true] {
+            assert_eq!(calls(&file(rows, ""), gz, None).unwrap(), expected);
+        }
+        // A row split over two lines (another layout from there on): every row, once.
+        let split = file(15_000, "{\"a\":15000,\n\"b\":\"r15000\"}");
+        assert_eq!(calls(&split, false, None).unwrap(), expected);
+        assert_eq!(
+            calls(&split, false, Some(&[true, false])).unwrap().len(),
+            rows as usize
+        );
+        // A damaged row in a later block: named, and nothing is handed over twice.
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_rows_file(
+            dir.path(),
+            &file(15_000, "{\"a\":1,\"a\":2,\"b\":null}"),
+            false,
+        );
+        let columns = vec!["a".to_string(), "b".to_string()];
+        let mut seen = Vec::new();
+        let err = read_rows(&path, &columns, |i, _| {
+            seen.push(i);
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("row 15001 has column \"a\" twice"),
+            "{err:#}"
+        );
+        assert_eq!(seen, (0..15_000).collect::<Vec<u64>>());
+        // The callback's error stops the read there.
+        let mut last = None;
+        let err = read_rows(
+            &write_rows_file(dir.path(), &file(rows, ""), false),
+            &columns,
+            |i, _| {
+                if i == 12_345 {
+                    anyhow::bail!("stop at {i}");
+                }
+                last = Some(i);
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "stop at 12345");
+        assert_eq!(last, Some(12_344));
     }
 
     #[test]
