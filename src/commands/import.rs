@@ -418,7 +418,12 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
             }
         }
         let connections: Vec<&Client> = std::iter::once(&client).chain(&writers).collect();
-        let queues = share_out(&group, |i| plans[i].entry.rows, connections.len());
+        let queues = share_out(
+            &group,
+            |i| plans[i].entry.rows,
+            |i| plans[i].staging.is_none(),
+            connections.len(),
+        );
         let mut spare = connections.iter().copied();
         let loads = queues.into_iter().map(|(queue, writers)| {
             let writers: Vec<&Client> = spare.by_ref().take(writers).collect();
@@ -1368,39 +1373,60 @@ async fn orphan_check(
     Ok(problems)
 }
 
-/// Shares the tables `group` (sizes from `rows`) out over `writers` connections: as many
-/// queues as there are tables, up to one per writer, the largest tables first, each to the
-/// lightest queue; writers left over (a level of fewer tables than writers) go one by one to
-/// the queue with the most rows per writer, whose tables they load together. `(tables,
-/// writers)` per queue.
+/// Tables (indexes into the plans) loaded one after another, and how many writers load them.
+type Queue = (Vec<usize>, usize);
+
+/// Shares the tables `group` out over `writers` connections, as queues of tables loaded one
+/// after another by one or more writers each: `(tables, writers)` per queue. A table's time is
+/// taken as its rows (`rows`) over its writers, or over one writer when its batches cannot be
+/// shared (`shares` false: staged tables). Of the ways to cut the group into 1..=writers
+/// queues (the largest tables first, each to the lightest queue; each writer left over to
+/// the queue that would finish last), the one that finishes first wins, the one with more
+/// queues on a tie: a level with one large table and a few small ones gives most writers to
+/// the large one, a level of equal tables one writer to each.
 fn share_out(
     group: &[usize],
     rows: impl Fn(usize) -> u64,
+    shares: impl Fn(usize) -> bool,
     writers: usize,
-) -> Vec<(Vec<usize>, usize)> {
-    let queue_count = group.len().clamp(1, writers);
-    let mut queues: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); queue_count];
+) -> Vec<Queue> {
+    let time = |queue: &[usize], writers: usize| -> f64 {
+        queue
+            .iter()
+            .map(|&i| rows(i) as f64 / if shares(i) { writers as f64 } else { 1.0 })
+            .sum()
+    };
     let mut by_size = group.to_vec();
     by_size.sort_by_key(|&i| std::cmp::Reverse(rows(i)));
-    for i in by_size {
-        let lightest = queues
-            .iter_mut()
-            .min_by_key(|(rows, _)| *rows)
-            .expect("at least one queue");
-        lightest.0 += rows(i);
-        lightest.1.push(i);
+    let mut best: Option<(f64, Vec<Queue>)> = None;
+    for queue_count in 1..=group.len().clamp(1, writers) {
+        let mut queues: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); queue_count];
+        for &i in &by_size {
+            let lightest = queues
+                .iter_mut()
+                .min_by_key(|(rows, _)| *rows)
+                .expect("at least one queue");
+            lightest.0 += rows(i);
+            lightest.1.push(i);
+        }
+        let mut shared: Vec<Queue> = queues.into_iter().map(|(_, q)| (q, 1)).collect();
+        for _ in queue_count..writers {
+            let last = shared
+                .iter_mut()
+                .filter(|(q, _)| q.iter().any(|&i| shares(i)))
+                .max_by(|a, b| time(&a.0, a.1).total_cmp(&time(&b.0, b.1)));
+            match last {
+                Some(queue) => queue.1 += 1,
+                // Nothing to share: the writer stays idle, counted on the first queue.
+                None => shared[0].1 += 1,
+            }
+        }
+        let finish = shared.iter().map(|(q, w)| time(q, *w)).fold(0.0, f64::max);
+        if best.as_ref().is_none_or(|(b, _)| finish <= *b) {
+            best = Some((finish, shared));
+        }
     }
-    let mut shared: Vec<(u64, Vec<usize>, usize)> =
-        queues.into_iter().map(|(rows, q)| (rows, q, 1)).collect();
-    for _ in queue_count..writers {
-        // To the queue with the most rows per writer.
-        let busiest = shared
-            .iter_mut()
-            .max_by(|a, b| (a.0 * b.2 as u64).cmp(&(b.0 * a.2 as u64)))
-            .expect("at least one queue");
-        busiest.2 += 1;
-    }
-    shared.into_iter().map(|(_, q, w)| (q, w)).collect()
+    best.expect("at least one way").1
 }
 
 /// A writing connection's settings. Each batch's commit carries its checkpoint, so losing an
@@ -1599,24 +1625,31 @@ mod tests {
     use super::share_out;
 
     #[test]
-    fn writers_are_shared_out_by_rows_and_spares_go_where_rows_per_writer_are_most() {
-        let rows = [1_000_000u64, 10, 500_000, 0];
+    fn writers_are_shared_out_so_that_the_level_finishes_first() {
+        let rows = [1_000_000u64, 10, 500_000, 0, 400_000, 400_000];
         let of = |i: usize| rows[i];
+        let all = |_: usize| true;
         // One writer: every table in one queue, largest first.
-        assert_eq!(share_out(&[0, 1, 2, 3], of, 1), vec![(vec![0, 2, 1, 3], 1)]);
-        // As many queues as writers; the big table alone.
-        let two = share_out(&[0, 1, 2, 3], of, 2);
-        assert!(two.contains(&(vec![0], 1)), "{two:?}");
-        assert!(two.contains(&(vec![2, 1, 3], 1)), "{two:?}");
+        assert_eq!(
+            share_out(&[0, 1, 2, 3], of, all, 1),
+            vec![(vec![0, 2, 1, 3], 1)]
+        );
         // One table, three writers: all three on it.
-        assert_eq!(share_out(&[0], of, 3), vec![(vec![0], 3)]);
-        // Two tables, five writers: the spares follow the rows (1M: 3 writers, 500k: 2).
-        let mut five = share_out(&[0, 2], of, 5);
-        five.sort();
-        assert_eq!(five, vec![(vec![0], 3), (vec![2], 2)]);
+        assert_eq!(share_out(&[0], of, all, 3), vec![(vec![0], 3)]);
+        // A large table and small ones: the writers go to the large one's batches.
+        assert_eq!(share_out(&[0, 1, 3], of, all, 4), vec![(vec![0, 1, 3], 4)]);
+        // Equal tables: one writer each, side by side.
+        let mut equal = share_out(&[4, 5], of, all, 2);
+        equal.sort();
+        assert_eq!(equal, vec![(vec![4], 1), (vec![5], 1)]);
+        // A staged table (not shared) keeps one writer; the others share the rest.
+        let staged = |i: usize| i != 0;
+        let mut mixed = share_out(&[0, 2], of, staged, 3);
+        mixed.sort();
+        assert_eq!(mixed, vec![(vec![0], 1), (vec![2], 2)]);
         // Every writer is used exactly once.
         for writers in 1..8 {
-            let total: usize = share_out(&[0, 1, 2, 3], of, writers)
+            let total: usize = share_out(&[0, 1, 2, 3, 4, 5], of, all, writers)
                 .iter()
                 .map(|(_, w)| w)
                 .sum();
