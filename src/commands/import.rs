@@ -1153,11 +1153,11 @@ async fn prepare_batch_statements(client: &Client, plan: &TablePlan) -> Result<B
     Ok(BatchStatements { copy, insert })
 }
 
-/// One transaction: the rows, then the checkpoint that says they are in. The caller has
-/// opened it; the checkpoint, the COMMIT and the next batch's BEGIN go to the server as one
-/// message (run in order, up to the first error), so a batch costs three round trips - COPY
-/// start, COPY end, commit - instead of five. On an error the transaction is left open, failed,
-/// for the caller to roll back.
+/// One transaction: the rows, then the checkpoint that says they are in, committed once
+/// `my_turn` resolves (at once with one writer; after the batch before it with several). The
+/// caller has opened it; the checkpoint, the COMMIT and the next batch's BEGIN go to the
+/// server as one message (run in order, up to the first error). On an error the transaction
+/// is left open, failed, for the caller to roll back.
 async fn write_batch(
     client: &Client,
     plan: &TablePlan,
