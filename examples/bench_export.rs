@@ -12,6 +12,8 @@
 //! Each run's wall time, output size and peak RSS (`ru_maxrss` from `wait4` on the child, so
 //! exact and per process) are recorded; the medians are printed with the targets.
 //! Run it through `scripts/bench-export.sh`, which builds the release `fmig` it drives.
+// libc calls the standard library has no safe form of (sync, wait4's rusage, kill, statvfs).
+#![allow(unsafe_code)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;

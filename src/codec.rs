@@ -113,13 +113,6 @@ pub enum CodecError {
     },
     #[error("invalid {kind} value: {reason}")]
     Invalid { kind: &'static str, reason: String },
-    #[error("row has {found} fields for {expected} columns")]
-    FieldCount { found: usize, expected: usize },
-    #[error("column {column}: {source}")]
-    Column {
-        column: usize,
-        source: Box<CodecError>,
-    },
 }
 
 fn invalid(kind: &'static str, reason: impl Into<String>) -> CodecError {
@@ -217,41 +210,12 @@ pub fn select_expr(quoted_column: &str, cast: Cast) -> String {
     }
 }
 
-/// `"name":` with the name JSON-escaped: the per-column key prefix for [`write_row`].
+/// `"name":` with the name JSON-escaped: the per-column key prefix of an export row.
 pub fn json_key(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 3);
     write_json_string(&mut out, name.as_bytes());
     out.push(b':');
     out
-}
-
-/// Writes one row as a JSON object on a single line, keys in column order, no newline.
-/// On error `out` holds a partial row; the caller abandons the export.
-pub fn write_row(
-    out: &mut Vec<u8>,
-    keys: &[Vec<u8>],
-    kinds: &[ColumnKind],
-    fields: &[Option<&[u8]>],
-) -> Result<(), CodecError> {
-    if fields.len() != kinds.len() || keys.len() != kinds.len() {
-        return Err(CodecError::FieldCount {
-            found: fields.len(),
-            expected: kinds.len().min(keys.len()),
-        });
-    }
-    out.push(b'{');
-    for (column, ((key, kind), raw)) in keys.iter().zip(kinds).zip(fields).enumerate() {
-        if column > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key);
-        write_json_value(out, kind, *raw).map_err(|e| CodecError::Column {
-            column,
-            source: Box::new(e),
-        })?;
-    }
-    out.push(b'}');
-    Ok(())
 }
 
 /// Appends the JSON text of one binary-format value (`None` = SQL NULL).
@@ -1501,58 +1465,5 @@ mod tests {
         assert_eq!(select_expr("\"a b\"", Cast::None), "\"a b\"");
         assert_eq!(select_expr("\"x\"", Cast::Text), "\"x\"::text");
         assert_eq!(select_expr("\"x\"", Cast::TextArray), "\"x\"::text[]");
-    }
-
-    #[test]
-    fn rows() {
-        let keys: Vec<Vec<u8>> = ["id", "name", "price", "tags", "deleted_at"]
-            .into_iter()
-            .map(json_key)
-            .collect();
-        let kinds = vec![
-            K::Int8,
-            K::Text,
-            K::Numeric,
-            K::Array(Box::new(K::Text)),
-            K::Timestamptz,
-        ];
-        let tags = arr(25, &[(2, 1)], &[Some(b"a"), Some(b"b")]);
-        let price = num(0, 0, 2, &[12, 5000]);
-        let id = 7i64.to_be_bytes();
-        let fields: Vec<Option<&[u8]>> = vec![
-            Some(&id),
-            Some(b"Walk-in \"A\""),
-            Some(&price),
-            Some(&tags),
-            None,
-        ];
-        let mut out = Vec::new();
-        write_row(&mut out, &keys, &kinds, &fields).unwrap();
-        let s = String::from_utf8(out).unwrap();
-        assert_eq!(
-            s,
-            r#"{"id":7,"name":"Walk-in \"A\"","price":"12.50","tags":["a","b"],"deleted_at":null}"#
-        );
-        assert_valid_json(&s);
-
-        let e = write_row(&mut Vec::new(), &keys, &kinds, &fields[..4]).unwrap_err();
-        assert_eq!(
-            e,
-            CodecError::FieldCount {
-                found: 4,
-                expected: 5
-            }
-        );
-        let bad: Vec<Option<&[u8]>> = vec![Some(&id), Some(b"\xff"), None, None, None];
-        let e = write_row(&mut Vec::new(), &keys, &kinds, &bad).unwrap_err();
-        assert!(matches!(e, CodecError::Column { column: 1, .. }), "{e:?}");
-        assert!(
-            e.to_string().starts_with("column 1: invalid text value"),
-            "{e}"
-        );
-
-        let mut out = Vec::new();
-        write_row(&mut out, &[], &[], &[]).unwrap();
-        assert_eq!(out, b"{}");
     }
 }

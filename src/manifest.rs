@@ -6,7 +6,7 @@
 //! [`crate::catalog`] discovered and reports every disagreement instead of trusting either side
 //! silently.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -410,13 +410,4 @@ pub fn import_order<'a>(
         .into_iter()
         .map(|(level, _, spec)| (level, spec))
         .collect()
-}
-
-/// Table names grouped by computed level, for messages.
-pub fn levels_summary(order: &[(usize, &TableSpec)]) -> BTreeMap<usize, Vec<&'static str>> {
-    let mut levels: BTreeMap<usize, Vec<&'static str>> = BTreeMap::new();
-    for (level, spec) in order {
-        levels.entry(*level).or_default().push(spec.name);
-    }
-    levels
 }

@@ -541,10 +541,6 @@ impl Client {
         self.retries.load(Ordering::Relaxed)
     }
 
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
-    }
-
     /// Counts a retry made by a caller (a create after back-off).
     pub fn note_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,8 @@
 //! a scenario name to run only matching ones, `--load` (also the slow load scenarios; or
 //! `FMIG_RELIABILITY_LOAD=1`), `--write-docs PATH` (write the outcome table there), `--list`.
 //! libtest's own flags, which `cargo test` may pass to every test binary, are ignored.
+// libc calls the standard library has no safe form of (sync, wait4's rusage, kill, statvfs).
+#![allow(unsafe_code)]
 
 #[path = "../support/mod.rs"]
 mod support;
