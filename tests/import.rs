@@ -399,6 +399,55 @@ fn one_table_written_by_several_connections_commits_in_file_order() {
 }
 
 #[test]
+fn ctrl_c_during_the_check_pass_stops_the_import_at_once() {
+    let s = setup(&SeedConfig::default());
+    // A file that never ends: opening a FIFO no one writes to blocks, so the check pass
+    // would wait for ever; Ctrl-C must not.
+    let file = s.work.path().join("out/areas.json");
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut child = s
+        .work
+        .command(
+            &["import", "--input-dir", "out", "--unmapped", "null"],
+            &[("DATABASE_URL", &s.cluster.url(TARGET_DB))],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the check pass to start", || {
+        s.work.log().contains("checking the export files")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the import did not stop within 10 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(s.target("SELECT count(*) FROM public.organizations"), "0");
+}
+
+#[test]
 fn damaged_exports_are_refused_before_any_write() {
     let s = setup(&SeedConfig::default());
     let out = s.work.path().join("out");

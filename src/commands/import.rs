@@ -248,7 +248,19 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
     } else {
         None
     };
-    let unmapped = check_files(dir, &plans, user_map.as_ref())?;
+    // On a blocking thread: it reads every file (tens of seconds at 10M rows), and Ctrl-C,
+    // which main.rs waits for beside this future, must not wait for it.
+    info!(tables = plans.len(), "checking the export files");
+    let (mut plans, user_map, checked) = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let checked = check_files(&dir, &plans, user_map.as_ref());
+            (plans, user_map, checked)
+        })
+        .await
+        .context("the check pass panicked")?
+    };
+    let unmapped = checked?;
     if !unmapped.is_empty() {
         handle_unmapped(&unmapped, &plans, &mapping_path)?;
     }
