@@ -529,50 +529,21 @@ fn write_json_text(out: &mut Vec<u8>, kind: &'static str, raw: &[u8]) -> Result<
     Ok(())
 }
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding.
 pub fn base64(data: &[u8]) -> String {
-    let mut out = Vec::new();
-    write_base64_string(&mut out, data);
-    String::from_utf8(out[1..out.len() - 1].to_vec()).expect("base64 is ASCII")
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// Standard base64 with padding, as a JSON string (the alphabet needs no escaping).
 fn write_base64_string(out: &mut Vec<u8>, data: &[u8]) {
-    out.reserve(data.len().div_ceil(3) * 4 + 2);
-    out.push(b'"');
-    let mut chunks = data.chunks_exact(3);
-    for c in &mut chunks {
-        let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
-        out.extend_from_slice(&[
-            BASE64[(n >> 18) as usize & 63],
-            BASE64[(n >> 12) as usize & 63],
-            BASE64[(n >> 6) as usize & 63],
-            BASE64[n as usize & 63],
-        ]);
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let n = u32::from(a) << 16;
-            out.extend_from_slice(&[
-                BASE64[(n >> 18) as usize & 63],
-                BASE64[(n >> 12) as usize & 63],
-                b'=',
-                b'=',
-            ]);
-        }
-        [a, b] => {
-            let n = u32::from(a) << 16 | u32::from(b) << 8;
-            out.extend_from_slice(&[
-                BASE64[(n >> 18) as usize & 63],
-                BASE64[(n >> 12) as usize & 63],
-                BASE64[(n >> 6) as usize & 63],
-                b'=',
-            ]);
-        }
-        _ => {}
-    }
+    use base64::Engine as _;
+    let start = out.len() + 1;
+    let len = base64::encoded_len(data.len(), true).expect("a bytea value fits in memory");
+    out.resize(start + len, b'"');
+    base64::engine::general_purpose::STANDARD
+        .encode_slice(data, &mut out[start..])
+        .expect("the slice has the encoded length");
     out.push(b'"');
 }
 

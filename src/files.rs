@@ -185,14 +185,9 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((bytes, hex(&hashing.into_parts().2)))
 }
 
+/// Lower-case hex of `bytes` (how SHA-256 sums are written).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(bytes)
 }
 
 /// Size of the buffers handed to the writing thread.
