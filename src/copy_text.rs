@@ -30,8 +30,8 @@ pub fn write_export_field(
 /// [`write_export_field`] for a value given as its raw JSON text (from
 /// [`crate::json_rows::read_raw_rows`]), writing the same bytes. The common values (numbers,
 /// booleans, strings without escapes) are written from the text without building a `Value`:
-/// a number's text without exponent is what `Value` would print, and a JSON string without a backslash holds no
-/// control character, so there is nothing for COPY to escape.
+/// a number's text without exponent is what `Value` would print, and a JSON string without a
+/// backslash holds no control character, so there is nothing for COPY to escape.
 pub fn write_raw_field(
     out: &mut Vec<u8>,
     kind: &ColumnKind,
