@@ -71,7 +71,11 @@ impl OutputFile {
     /// Flushes, fsyncs, renames into place and fsyncs the directory. If any of that fails
     /// (a full disk often shows only here, when the last buffers are written), the temporary
     /// file is removed, as when the file is dropped unfinished.
-    pub fn finish(mut self) -> Result<Written> {
+    pub fn finish(self) -> Result<Written> {
+        self.finish_as(Place::Replace)
+    }
+
+    fn finish_as(mut self, place: Place) -> Result<Written> {
         let path = self.path.clone();
         let context = || format!("could not finish writing {}", path.display());
         let sink = self.sink.take().expect("finish called once");
@@ -83,7 +87,14 @@ impl OutputFile {
             let (file, bytes, digest) = background.finish().with_context(context)?;
             file.sync_all().with_context(context)?;
             drop(file);
-            fs::rename(&self.temp, &self.path).with_context(context)?;
+            match place {
+                Place::Replace => fs::rename(&self.temp, &self.path).with_context(context)?,
+                // A hard link refuses to overwrite, even a file that appeared meanwhile.
+                Place::New => {
+                    fs::hard_link(&self.temp, &self.path).with_context(context)?;
+                    let _ = fs::remove_file(&self.temp);
+                }
+            }
             Ok((bytes, digest))
         })();
         let (bytes, digest) = written.inspect_err(|_| {
@@ -124,8 +135,27 @@ impl Drop for OutputFile {
     }
 }
 
+/// How a finished file takes its name.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Replacing a file of that name.
+    Replace,
+    /// Only where no file has that name (`io::ErrorKind::AlreadyExists` otherwise).
+    New,
+}
+
 /// Writes a small file atomically in one go (metadata, mappings, templates).
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<Written> {
+    write_small(path, contents, Place::Replace)
+}
+
+/// [`write_atomically`], but never over an existing file, even one that appears while fmig
+/// runs: the error then holds an `io::Error` of kind `AlreadyExists`.
+pub fn write_new_atomically(path: &Path, contents: &[u8]) -> Result<Written> {
+    write_small(path, contents, Place::New)
+}
+
+fn write_small(path: &Path, contents: &[u8], place: Place) -> Result<Written> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -137,7 +167,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<Written> {
     let mut file = OutputFile::create(dir, name, false)?;
     file.write_all(contents)
         .with_context(|| format!("could not write {}", path.display()))?;
-    file.finish()
+    file.finish_as(place)
 }
 
 /// Creates (truncating) a file readable only by its owner.
@@ -362,6 +392,34 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["a.json"], "a dropped file left something behind");
+    }
+
+    #[test]
+    fn a_new_file_never_replaces_one_that_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fmig.toml");
+        let written = write_new_atomically(&path, b"first").unwrap();
+        assert_eq!(written.bytes, 5);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = write_new_atomically(&path, b"second").unwrap_err();
+        assert!(
+            err.chain()
+                .filter_map(|c| c.downcast_ref::<io::Error>())
+                .any(|e| e.kind() == io::ErrorKind::AlreadyExists),
+            "{err:#}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        write_atomically(&path, b"third").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"third");
+        // No temporary file is left behind either way.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("fmig.toml")]);
     }
 
     #[test]

@@ -8,8 +8,7 @@
 //! mapping with one entry per difference.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -212,50 +211,29 @@ fn template_text(report: &PlanReport) -> String {
     column_map::render_template(&header, &order, &report.comparison.template_notes())
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then
-/// moved into place. Without `force` an existing file is never replaced, even one that
-/// appeared while fmig was running (the move is a hard link, which refuses to overwrite).
+/// Writes `text` to `path` atomically (see [`crate::files`]). Without `force` an existing
+/// file is never replaced, even one that appeared while fmig was running.
 fn write_new_file(path: &Path, text: &str, force: bool) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "fmig.toml".into());
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .with_context(|| format!("could not create {}", temp.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("could not write {}", temp.display()))?;
-        if force {
-            std::fs::rename(&temp, path)
-                .with_context(|| format!("could not move the template to {}", path.display()))?;
-        } else {
-            match std::fs::hard_link(&temp, path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => bail!(
-                    "{} already exists (it appeared while fmig was running); pass --force to \
-                     overwrite it",
-                    path.display()
-                ),
-                Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!("could not move the template to {}", path.display())
-                    });
-                }
-            }
+    if force {
+        crate::files::write_atomically(path, text.as_bytes())?;
+        return Ok(());
+    }
+    match crate::files::write_new_atomically(path, text.as_bytes()) {
+        Ok(_) => Ok(()),
+        Err(err)
+            if err
+                .chain()
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|e| e.kind() == std::io::ErrorKind::AlreadyExists) =>
+        {
+            bail!(
+                "{} already exists (it appeared while fmig was running); pass --force to \
+                 overwrite it",
+                path.display()
+            )
         }
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&temp);
-    result
+        Err(err) => Err(err),
+    }
 }
 
 /// The findings in the log file (the console shows the printed report).
