@@ -28,6 +28,8 @@ use std::io::Write as _;
 
 use thiserror::Error;
 
+use crate::pg_oid;
+
 /// What the catalog says about a column's type (one row of `pg_type`, seen from the column).
 ///
 /// A query that fills it:
@@ -125,23 +127,23 @@ fn invalid(kind: &'static str, reason: impl Into<String>) -> CodecError {
 /// Kinds decoded natively, by built-in type OID (built-in OIDs are fixed across servers).
 fn scalar_kind(oid: u32) -> Option<ColumnKind> {
     Some(match oid {
-        16 => ColumnKind::Bool,
-        21 => ColumnKind::Int2,
-        23 => ColumnKind::Int4,
-        20 => ColumnKind::Int8,
-        700 => ColumnKind::Float4,
-        701 => ColumnKind::Float8,
-        1700 => ColumnKind::Numeric,
+        pg_oid::BOOL => ColumnKind::Bool,
+        pg_oid::INT2 => ColumnKind::Int2,
+        pg_oid::INT4 => ColumnKind::Int4,
+        pg_oid::INT8 => ColumnKind::Int8,
+        pg_oid::FLOAT4 => ColumnKind::Float4,
+        pg_oid::FLOAT8 => ColumnKind::Float8,
+        pg_oid::NUMERIC => ColumnKind::Numeric,
         // text, varchar, bpchar, name: binary form is the plain string.
-        25 | 1043 | 1042 | 19 => ColumnKind::Text,
-        2950 => ColumnKind::Uuid,
-        1082 => ColumnKind::Date,
-        1083 => ColumnKind::Time,
-        1114 => ColumnKind::Timestamp,
-        1184 => ColumnKind::Timestamptz,
-        114 => ColumnKind::Json,
-        3802 => ColumnKind::Jsonb,
-        17 => ColumnKind::Bytea,
+        pg_oid::TEXT | pg_oid::VARCHAR | pg_oid::BPCHAR | pg_oid::NAME => ColumnKind::Text,
+        pg_oid::UUID => ColumnKind::Uuid,
+        pg_oid::DATE => ColumnKind::Date,
+        pg_oid::TIME => ColumnKind::Time,
+        pg_oid::TIMESTAMP => ColumnKind::Timestamp,
+        pg_oid::TIMESTAMPTZ => ColumnKind::Timestamptz,
+        pg_oid::JSON => ColumnKind::Json,
+        pg_oid::JSONB => ColumnKind::Jsonb,
+        pg_oid::BYTEA => ColumnKind::Bytea,
         _ => return None,
     })
 }
@@ -149,25 +151,25 @@ fn scalar_kind(oid: u32) -> Option<ColumnKind> {
 /// Element type OID of the built-in array types of the natively decoded kinds.
 fn array_elem_oid(oid: u32) -> Option<u32> {
     Some(match oid {
-        1000 => 16,
-        1005 => 21,
-        1007 => 23,
-        1016 => 20,
-        1021 => 700,
-        1022 => 701,
-        1231 => 1700,
-        1009 => 25,
-        1015 => 1043,
-        1014 => 1042,
-        1003 => 19,
-        2951 => 2950,
-        1182 => 1082,
-        1183 => 1083,
-        1115 => 1114,
-        1185 => 1184,
-        199 => 114,
-        3807 => 3802,
-        1001 => 17,
+        pg_oid::BOOL_ARRAY => pg_oid::BOOL,
+        pg_oid::INT2_ARRAY => pg_oid::INT2,
+        pg_oid::INT4_ARRAY => pg_oid::INT4,
+        pg_oid::INT8_ARRAY => pg_oid::INT8,
+        pg_oid::FLOAT4_ARRAY => pg_oid::FLOAT4,
+        pg_oid::FLOAT8_ARRAY => pg_oid::FLOAT8,
+        pg_oid::NUMERIC_ARRAY => pg_oid::NUMERIC,
+        pg_oid::TEXT_ARRAY => pg_oid::TEXT,
+        pg_oid::VARCHAR_ARRAY => pg_oid::VARCHAR,
+        pg_oid::BPCHAR_ARRAY => pg_oid::BPCHAR,
+        pg_oid::NAME_ARRAY => pg_oid::NAME,
+        pg_oid::UUID_ARRAY => pg_oid::UUID,
+        pg_oid::DATE_ARRAY => pg_oid::DATE,
+        pg_oid::TIME_ARRAY => pg_oid::TIME,
+        pg_oid::TIMESTAMP_ARRAY => pg_oid::TIMESTAMP,
+        pg_oid::TIMESTAMPTZ_ARRAY => pg_oid::TIMESTAMPTZ,
+        pg_oid::JSON_ARRAY => pg_oid::JSON,
+        pg_oid::JSONB_ARRAY => pg_oid::JSONB,
+        pg_oid::BYTEA_ARRAY => pg_oid::BYTEA,
         _ => return None,
     })
 }

@@ -1627,8 +1627,7 @@ fn validate_lookups(
 /// namesake in the target may differ: an enum that lost a label would reject the very rows a
 /// `set` expression is there to fix.
 pub fn staging_type(type_oid: u32, type_name: &str) -> &str {
-    const FIRST_USER_OID: u32 = 16_384;
-    if type_oid < FIRST_USER_OID {
+    if type_oid < crate::pg_oid::FIRST_NORMAL_OBJECT_ID {
         type_name
     } else {
         "text"

@@ -23,6 +23,7 @@ pub mod lock;
 pub mod logging;
 pub mod manifest;
 pub mod metadata;
+pub mod pg_oid;
 pub mod pipeline;
 pub mod progress;
 pub mod redact;

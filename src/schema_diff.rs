@@ -26,6 +26,7 @@ use crate::column_map::{
 };
 use crate::ident::{QualifiedName, quote_ident, quote_literal};
 use crate::manifest::{self, APP_SCHEMA, TableSpec};
+use crate::pg_oid;
 use crate::pipeline;
 
 /// How much a difference matters.
@@ -303,40 +304,40 @@ fn base_shape(types: &BTreeMap<u32, TypeInfo>, oid: u32, typmod: i32, depth: usi
     let name = info.map_or_else(|| format!("oid {oid}"), |t| t.name.clone());
     let precision = |typmod: i32| if typmod >= 0 { typmod } else { 6 };
     match oid {
-        21 => Shape::Int(2),
-        23 => Shape::Int(4),
-        20 => Shape::Int(8),
-        700 => Shape::Float(4),
-        701 => Shape::Float(8),
-        1700 if typmod >= 4 => {
+        pg_oid::INT2 => Shape::Int(2),
+        pg_oid::INT4 => Shape::Int(4),
+        pg_oid::INT8 => Shape::Int(8),
+        pg_oid::FLOAT4 => Shape::Float(4),
+        pg_oid::FLOAT8 => Shape::Float(8),
+        pg_oid::NUMERIC if typmod >= 4 => {
             let t = typmod - 4;
             // PostgreSQL 15 stores the scale as an 11-bit signed number.
             Shape::Numeric(Some(((t >> 16) & 0xffff, ((t & 0x7ff) ^ 1024) - 1024)))
         }
-        1700 => Shape::Numeric(None),
-        25 => Shape::Text,
-        1043 if typmod >= 4 => Shape::Varchar(typmod - 4),
-        1043 => Shape::Text,
-        1042 if typmod >= 4 => Shape::Char(typmod - 4),
-        1042 => Shape::Text,
-        1114 => Shape::Timestamp {
+        pg_oid::NUMERIC => Shape::Numeric(None),
+        pg_oid::TEXT => Shape::Text,
+        pg_oid::VARCHAR if typmod >= 4 => Shape::Varchar(typmod - 4),
+        pg_oid::VARCHAR => Shape::Text,
+        pg_oid::BPCHAR if typmod >= 4 => Shape::Char(typmod - 4),
+        pg_oid::BPCHAR => Shape::Text,
+        pg_oid::TIMESTAMP => Shape::Timestamp {
             tz: false,
             precision: precision(typmod),
         },
-        1184 => Shape::Timestamp {
+        pg_oid::TIMESTAMPTZ => Shape::Timestamp {
             tz: true,
             precision: precision(typmod),
         },
-        1083 => Shape::Time {
+        pg_oid::TIME => Shape::Time {
             tz: false,
             precision: precision(typmod),
         },
-        1266 => Shape::Time {
+        pg_oid::TIMETZ => Shape::Time {
             tz: true,
             precision: precision(typmod),
         },
-        114 => Shape::Json,
-        3802 => Shape::Jsonb,
+        pg_oid::JSON => Shape::Json,
+        pg_oid::JSONB => Shape::Jsonb,
         _ => match info {
             Some(t) if t.kind == 'e' => Shape::Enum {
                 name,
