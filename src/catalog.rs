@@ -52,6 +52,19 @@ pub struct Column {
     pub identity: bool,
 }
 
+impl Column {
+    /// The type facts the codec chooses a decoder (and a cast) by.
+    pub fn pg_type(&self) -> crate::codec::PgType {
+        crate::codec::PgType {
+            oid: self.type_oid,
+            name: self.type_name.clone(),
+            typtype: self.type_kind,
+            category: self.type_category,
+            base_oid: self.base_oid,
+        }
+    }
+}
+
 /// A foreign key between two tables of the application schema.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ForeignKey {

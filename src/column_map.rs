@@ -75,6 +75,7 @@ use toml::Spanned;
 
 use crate::catalog::{Column, Discovered, TableInfo};
 use crate::cli::Unmapped;
+use crate::connect::server_message;
 use crate::ident::quote_ident;
 use crate::manifest::{self, TableSpec};
 
@@ -1077,21 +1078,6 @@ pub async fn prepare_checked(
         .await
         .context("could not roll back a savepoint on the target")?;
     Ok(result)
-}
-
-/// The server's message, hint and SQLSTATE, or the client error's text.
-pub fn server_message(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => {
-            let mut text = db.message().to_string();
-            if let Some(hint) = db.hint() {
-                text.push_str(&format!(" (hint: {hint})"));
-            }
-            text.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
-            text
-        }
-        None => err.to_string(),
-    }
 }
 
 /// The name of the unit that loads source table `source` into the also target `target`: used

@@ -660,6 +660,31 @@ fn read_certificates(path: &Path, side: Side) -> Result<Vec<Certificate>> {
     Ok(certs)
 }
 
+/// How fmig words a PostgreSQL error: the server's message, its hint and SQLSTATE; for a
+/// client-side error (I/O, TLS, protocol), its text with every cause after it.
+pub fn server_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_string();
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!(" (hint: {hint})"));
+            }
+            text.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            text
+        }
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,9 +29,8 @@ use tokio_postgres::Client;
 
 use crate::catalog::{Column, Discovered, TableInfo};
 use crate::cli::Unmapped;
-use crate::column_map::{
-    ColumnMap, ColumnValue, Lookup, TableMap, TargetColumn, server_message, staging_type,
-};
+use crate::column_map::{ColumnMap, ColumnValue, Lookup, TableMap, TargetColumn, staging_type};
+use crate::connect::server_message;
 use crate::ident::{QualifiedName, quote_ident};
 use crate::manifest::APP_SCHEMA;
 use crate::metadata::{FileEntry, Metadata};

@@ -32,7 +32,7 @@ use crate::Outcome;
 use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{Checksum, RecordedChecksum, RowHasher};
 use crate::cli::ExportArgs;
-use crate::codec::{self, ColumnKind, PgType};
+use crate::codec::{self, ColumnKind};
 use crate::connect::{self, DbUrl, Side};
 use crate::copy_binary::CopyBinaryParser;
 use crate::files::{self, OutputFile, Written};
@@ -321,13 +321,7 @@ async fn table_shape(
     let mut entries = Vec::new();
     let mut kinds = Vec::new();
     for column in columns {
-        let (kind, cast) = codec::column_kind(&PgType {
-            oid: column.type_oid,
-            name: column.type_name.clone(),
-            typtype: column.type_kind,
-            category: column.type_category,
-            base_oid: column.base_oid,
-        });
+        let (kind, cast) = codec::column_kind(&column.pg_type());
         select.push(codec::select_expr(&quote_ident(&column.name), cast));
         entries.push(ColumnEntry {
             name: column.name.clone(),
@@ -610,23 +604,7 @@ fn source_error(e: tokio_postgres::Error, what: String) -> anyhow::Error {
     if connect::is_connection_lost(&e) {
         anyhow::Error::new(e).context(what)
     } else {
-        anyhow!("{what}: {}", describe_db_error(&e))
-    }
-}
-
-fn describe_db_error(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
+        anyhow!("{what}: {}", connect::server_message(&e))
     }
 }
 

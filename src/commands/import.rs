@@ -856,7 +856,7 @@ async fn truncate(client: &Client, plans: &[TablePlan]) -> Result<()> {
     client.batch_execute(&sql).await.map_err(|e| {
         anyhow!(
             "--truncate-first could not empty the tables: {}",
-            crate::column_map::server_message(&e)
+            crate::connect::server_message(&e)
         )
     })?;
     client
@@ -1233,7 +1233,7 @@ async fn write_batch(
             batch.first_row + 1,
             batch.next_row,
             plan.entry.file,
-            crate::column_map::server_message(&e)
+            crate::connect::server_message(&e)
         )
     })?;
     committed
@@ -1455,7 +1455,7 @@ async fn writer_session(client: &Client, args: &ImportArgs) -> Result<()> {
                     "--disable-fk needs to set session_replication_role, which the target refused: {}. \
                      It needs a superuser (or, on PostgreSQL 15, a role granted SET on that parameter); \
                      run without --disable-fk to load in foreign-key order instead",
-                    crate::column_map::server_message(&e)
+                    crate::connect::server_message(&e)
                 )
             })?;
     }

@@ -54,7 +54,7 @@ use crate::Outcome;
 use crate::catalog::{self, Column, Discovered};
 use crate::checksum::{self, Checksum, RecordedChecksum, RowHasher};
 use crate::cli::{Unmapped, VerifyAgainst, VerifyArgs, VerifyOnly};
-use crate::codec::{self, Cast, ColumnKind, PgType};
+use crate::codec::{self, Cast, ColumnKind};
 use crate::column_map::{ColumnMap, ColumnValue, TableMap};
 use crate::connect::{self, ConnectOptions, DbUrl};
 use crate::copy_binary::CopyBinaryParser;
@@ -773,16 +773,6 @@ async fn primary_key(client: &Client, table: &str) -> Result<Vec<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn pg_type(c: &Column) -> PgType {
-    PgType {
-        oid: c.type_oid,
-        name: c.type_name.clone(),
-        typtype: c.type_kind,
-        category: c.type_category,
-        base_oid: c.base_oid,
-    }
-}
-
 fn plan_table(
     spec: &TableSpec,
     mut map: TableMap,
@@ -806,7 +796,7 @@ fn plan_table(
         let info = target_info
             .column(&column.name)
             .ok_or_else(|| anyhow!("{}: no target column {}", spec.name, column.name))?;
-        let (kind, cast) = codec::column_kind(&pg_type(info));
+        let (kind, cast) = codec::column_kind(&info.pg_type());
         names.push(column.name.clone());
         kinds.push(kind);
         casts.push(cast);
@@ -1340,7 +1330,7 @@ async fn copy_binary(client: &Client, sql: &str, tally: &mut Tally) -> Result<()
     let stream = client
         .copy_out(sql)
         .await
-        .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
+        .map_err(|e| anyhow!("{}", crate::connect::server_message(&e)))?;
     pin_mut!(stream);
     let mut parser = CopyBinaryParser::with_expected_fields(tally.kinds.len().max(1));
     while let Some(chunk) = stream.try_next().await? {
@@ -1574,7 +1564,7 @@ async fn flush_stage(
     sink.send(Bytes::from(std::mem::take(batch))).await?;
     sink.finish()
         .await
-        .map_err(|e| anyhow!("{}", crate::column_map::server_message(&e)))?;
+        .map_err(|e| anyhow!("{}", crate::connect::server_message(&e)))?;
     match read_back {
         ReadBack::Copy(select) => copy_binary(stage, select, tally).await?,
         ReadBack::InsertKeys(insert) => stage.batch_execute(insert).await?,

@@ -27,7 +27,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tracing::{info, warn};
 
-use crate::column_map::server_message;
+use crate::connect::server_message;
 use crate::ident::{QualifiedName, quote_ident};
 
 /// Where the definitions that are set aside are kept, in the target.
