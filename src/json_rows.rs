@@ -102,7 +102,7 @@ pub fn read_raw_rows(
     mut on_row: impl FnMut(u64, RawRow) -> Result<()>,
 ) -> Result<u64> {
     let index = column_index(columns);
-    let shape = Shape {
+    let shape = RowLayout {
         columns,
         keep: None,
         kinds: None,
@@ -197,7 +197,7 @@ fn read_rows_with(
     mut on_row: impl FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<FileRead> {
     let index = column_index(columns);
-    let shape = Shape {
+    let shape = RowLayout {
         columns,
         keep,
         kinds,
@@ -276,7 +276,7 @@ fn finish(path: &Path, mut hashing: HashingReader<File>, rows: u64) -> Result<Fi
 }
 
 /// The columns a row must have, and which of them to build.
-struct Shape<'a> {
+struct RowLayout<'a> {
     columns: &'a [String],
     keep: Option<&'a [bool]>,
     /// When given, every value is checked against its column's kind.
@@ -295,7 +295,7 @@ const MAX_LINE: u64 = 8 << 20;
 /// `on_row`.
 fn parse_lines(
     reader: impl BufRead,
-    shape: &Shape,
+    shape: &RowLayout,
     max_line: u64,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<Option<u64>> {
@@ -363,7 +363,7 @@ fn export_lines(
 fn parse(
     reader: impl Read,
     path: &Path,
-    shape: &Shape,
+    shape: &RowLayout,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<u64> {
     let mut callback_error: Option<anyhow::Error> = None;
@@ -402,7 +402,7 @@ fn describe(path: &Path, err: &serde_json::Error) -> anyhow::Error {
 }
 
 struct ArrayVisitor<'a, 'f> {
-    shape: &'a Shape<'a>,
+    shape: &'a RowLayout<'a>,
     on_row: &'f mut dyn FnMut(u64, &[Value]) -> Result<()>,
     callback_error: &'f mut Option<anyhow::Error>,
 }
@@ -440,7 +440,7 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_, '_> {
 }
 
 struct RowSeed<'a> {
-    shape: &'a Shape<'a>,
+    shape: &'a RowLayout<'a>,
     row: &'a mut Vec<Option<Value>>,
     number: u64,
     /// Parsing a line held in memory (the fast path): values not kept can be borrowed as raw
@@ -523,7 +523,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
 /// A row of the fast path as the byte span of each value's raw text in the line (`base` is
 /// where the line starts), checked for every column once and no other.
 struct RawRowSeed<'a> {
-    shape: &'a Shape<'a>,
+    shape: &'a RowLayout<'a>,
     row: &'a mut Vec<Option<(usize, usize)>>,
     base: usize,
     number: u64,
@@ -569,7 +569,7 @@ impl<'de> Visitor<'de> for RawRowSeed<'_> {
 }
 
 struct KeySeed<'a> {
-    shape: &'a Shape<'a>,
+    shape: &'a RowLayout<'a>,
     /// How many keys of the row came before this one.
     position: usize,
     number: u64,
@@ -1066,7 +1066,7 @@ mod tests {
     fn the_export_layout_takes_the_line_by_line_path() {
         let columns = vec!["a".to_string(), "b".to_string()];
         let index: HashMap<&str, usize> = [("a", 0), ("b", 1)].into_iter().collect();
-        let shape = Shape {
+        let shape = RowLayout {
             columns: &columns,
             keep: None,
             kinds: None,

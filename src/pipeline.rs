@@ -558,11 +558,11 @@ async fn rejected_by_target(
 
 /// What a stream of source lines does with each line: appends the line to shape into the
 /// batch (with its newline) and says whether it is kept.
-pub trait Shape: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static {}
-impl<F: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static> Shape for F {}
+pub trait LineShaper: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static {}
+impl<F: FnMut(&[u8], &mut Vec<u8>) -> bool + Send + 'static> LineShaper for F {}
 
 /// The shape of the plain streams: user ids rewritten, `skip_row` rows left out.
-pub fn rewritten(user_ids: UserIds) -> impl Shape {
+pub fn rewritten(user_ids: UserIds) -> impl LineShaper {
     move |line, out| user_ids.rewrite_line(line, out) == Rewritten::Kept
 }
 
@@ -572,7 +572,7 @@ pub fn rewritten(user_ids: UserIds) -> impl Shape {
 pub fn db_lines(
     source: Client,
     copy: String,
-    mut shape: impl Shape,
+    mut shape: impl LineShaper,
     batch_rows: usize,
 ) -> (
     tokio::sync::mpsc::Receiver<Vec<u8>>,
@@ -658,7 +658,7 @@ pub fn read_export_lines(
 pub fn file_lines(
     path: std::path::PathBuf,
     entry: crate::metadata::FileEntry,
-    mut shape: impl Shape,
+    mut shape: impl LineShaper,
     batch_rows: usize,
 ) -> (
     tokio::sync::mpsc::Receiver<Vec<u8>>,

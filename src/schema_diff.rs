@@ -78,7 +78,7 @@ pub struct Finding {
 
 /// One manifest table's comparison.
 #[derive(Clone, Debug, Serialize)]
-pub struct TablePlan {
+pub struct TableComparison {
     pub table: String,
     pub target_table: String,
     /// Level computed from the target's foreign keys (the hand-written one when the table is
@@ -112,7 +112,7 @@ pub struct UserIdColumnLine {
 /// Everything compared.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
-    pub tables: Vec<TablePlan>,
+    pub tables: Vec<TableComparison>,
     /// Differences that belong to no single manifest table: levels, cycles, enum types,
     /// tables outside the manifest.
     pub schema: Vec<Finding>,
@@ -229,7 +229,7 @@ impl Catalog {
 /// What a column's type means for its values, independent of the database's oids (built-in
 /// types have the same oids everywhere; user types are compared by name).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Shape {
+enum TypeShape {
     Int(u8),
     /// `(precision, scale)` when constrained.
     Numeric(Option<(i32, i32)>),
@@ -251,7 +251,7 @@ enum Shape {
         name: String,
         labels: Vec<String>,
     },
-    Array(Box<Shape>),
+    Array(Box<TypeShape>),
     Other(String),
 }
 
@@ -265,7 +265,7 @@ struct Domain {
 
 #[derive(Clone, Debug)]
 struct Resolved {
-    shape: Shape,
+    shape: TypeShape,
     domains: Vec<Domain>,
 }
 
@@ -299,68 +299,71 @@ fn resolve_type(types: &BTreeMap<u32, TypeInfo>, oid: u32, typmod: i32) -> Resol
     }
 }
 
-fn base_shape(types: &BTreeMap<u32, TypeInfo>, oid: u32, typmod: i32, depth: usize) -> Shape {
+fn base_shape(types: &BTreeMap<u32, TypeInfo>, oid: u32, typmod: i32, depth: usize) -> TypeShape {
     let info = types.get(&oid);
     let name = info.map_or_else(|| format!("oid {oid}"), |t| t.name.clone());
     let precision = |typmod: i32| if typmod >= 0 { typmod } else { 6 };
     match oid {
-        pg_oid::INT2 => Shape::Int(2),
-        pg_oid::INT4 => Shape::Int(4),
-        pg_oid::INT8 => Shape::Int(8),
-        pg_oid::FLOAT4 => Shape::Float(4),
-        pg_oid::FLOAT8 => Shape::Float(8),
+        pg_oid::INT2 => TypeShape::Int(2),
+        pg_oid::INT4 => TypeShape::Int(4),
+        pg_oid::INT8 => TypeShape::Int(8),
+        pg_oid::FLOAT4 => TypeShape::Float(4),
+        pg_oid::FLOAT8 => TypeShape::Float(8),
         pg_oid::NUMERIC if typmod >= 4 => {
             let t = typmod - 4;
             // PostgreSQL 15 stores the scale as an 11-bit signed number.
-            Shape::Numeric(Some(((t >> 16) & 0xffff, ((t & 0x7ff) ^ 1024) - 1024)))
+            TypeShape::Numeric(Some(((t >> 16) & 0xffff, ((t & 0x7ff) ^ 1024) - 1024)))
         }
-        pg_oid::NUMERIC => Shape::Numeric(None),
-        pg_oid::TEXT => Shape::Text,
-        pg_oid::VARCHAR if typmod >= 4 => Shape::Varchar(typmod - 4),
-        pg_oid::VARCHAR => Shape::Text,
-        pg_oid::BPCHAR if typmod >= 4 => Shape::Char(typmod - 4),
-        pg_oid::BPCHAR => Shape::Text,
-        pg_oid::TIMESTAMP => Shape::Timestamp {
+        pg_oid::NUMERIC => TypeShape::Numeric(None),
+        pg_oid::TEXT => TypeShape::Text,
+        pg_oid::VARCHAR if typmod >= 4 => TypeShape::Varchar(typmod - 4),
+        pg_oid::VARCHAR => TypeShape::Text,
+        pg_oid::BPCHAR if typmod >= 4 => TypeShape::Char(typmod - 4),
+        pg_oid::BPCHAR => TypeShape::Text,
+        pg_oid::TIMESTAMP => TypeShape::Timestamp {
             tz: false,
             precision: precision(typmod),
         },
-        pg_oid::TIMESTAMPTZ => Shape::Timestamp {
+        pg_oid::TIMESTAMPTZ => TypeShape::Timestamp {
             tz: true,
             precision: precision(typmod),
         },
-        pg_oid::TIME => Shape::Time {
+        pg_oid::TIME => TypeShape::Time {
             tz: false,
             precision: precision(typmod),
         },
-        pg_oid::TIMETZ => Shape::Time {
+        pg_oid::TIMETZ => TypeShape::Time {
             tz: true,
             precision: precision(typmod),
         },
-        pg_oid::JSON => Shape::Json,
-        pg_oid::JSONB => Shape::Jsonb,
+        pg_oid::JSON => TypeShape::Json,
+        pg_oid::JSONB => TypeShape::Jsonb,
         _ => match info {
-            Some(t) if t.kind == 'e' => Shape::Enum {
+            Some(t) if t.kind == 'e' => TypeShape::Enum {
                 name,
                 labels: t.enum_labels.clone(),
             },
             Some(t) if t.kind == 'd' && depth < 8 => {
                 // A domain as an array element: compare its base.
                 let base_typmod = if typmod >= 0 { typmod } else { t.base_typmod };
-                t.base.map_or(Shape::Other(name), |b| {
+                t.base.map_or(TypeShape::Other(name), |b| {
                     base_shape(types, b, base_typmod, depth + 1)
                 })
             }
             Some(t) if t.category == 'A' && depth < 8 => match t.element {
-                Some(e) => Shape::Array(Box::new(base_shape(types, e, typmod, depth + 1))),
-                None => Shape::Other(name),
+                Some(e) => TypeShape::Array(Box::new(base_shape(types, e, typmod, depth + 1))),
+                None => TypeShape::Other(name),
             },
-            _ => Shape::Other(name),
+            _ => TypeShape::Other(name),
         },
     }
 }
 
-fn is_texty(shape: &Shape) -> bool {
-    matches!(shape, Shape::Text | Shape::Varchar(_) | Shape::Char(_))
+fn is_texty(shape: &TypeShape) -> bool {
+    matches!(
+        shape,
+        TypeShape::Text | TypeShape::Varchar(_) | TypeShape::Char(_)
+    )
 }
 
 /// What a measured count means.
@@ -415,9 +418,9 @@ fn int_name(bits: u8) -> &'static str {
 
 /// Values outside an integer type's range once rounded (NaN and infinities included: they
 /// compare greater than every number).
-fn out_of_range(c: &str, bits: u8, src: &Shape) -> Measure {
+fn out_of_range(c: &str, bits: u8, src: &TypeShape) -> Measure {
     let (lo, hi) = int_bounds(bits);
-    let condition = if matches!(src, Shape::Int(_)) {
+    let condition = if matches!(src, TypeShape::Int(_)) {
         format!("NOT ({c} BETWEEN {lo} AND {hi})")
     } else {
         format!("NOT ({c} > {lo}.5 AND {c} < {hi}.5)")
@@ -518,8 +521,8 @@ fn lossy(what: impl Into<String>, measures: Vec<Measure>) -> Verdict {
     }
 }
 
-fn compare_shapes(src: &Shape, tgt: &Shape, c: &str) -> Verdict {
-    use Shape::*;
+fn compare_shapes(src: &TypeShape, tgt: &TypeShape, c: &str) -> Verdict {
+    use TypeShape::*;
     if src == tgt {
         return Verdict::Same;
     }
@@ -744,9 +747,9 @@ fn compare_shapes(src: &Shape, tgt: &Shape, c: &str) -> Verdict {
     }
 }
 
-fn src_name(shape: &Shape) -> Option<&String> {
+fn src_name(shape: &TypeShape) -> Option<&String> {
     match shape {
-        Shape::Enum { name, .. } => Some(name),
+        TypeShape::Enum { name, .. } => Some(name),
         _ => None,
     }
 }
@@ -884,7 +887,7 @@ pub async fn compare(
         let counts = measure(source, spec.name, filter, &pending).await?;
         let findings = sort_findings(pending.into_iter().map(|p| p.finish(&counts)).collect());
         let target_table = inputs.map.target_name(spec.name).to_string();
-        tables.push(TablePlan {
+        tables.push(TableComparison {
             level: inputs
                 .target
                 .found
@@ -923,7 +926,7 @@ pub async fn compare(
                 .filter(|_| !inputs.rejected.contains(&unit.unit));
             let counts = measure(source, spec.name, filter, &pending).await?;
             let findings = sort_findings(pending.into_iter().map(|p| p.finish(&counts)).collect());
-            tables.push(TablePlan {
+            tables.push(TableComparison {
                 level: inputs
                     .target
                     .found
@@ -2061,8 +2064,9 @@ async fn probe_cast(
 
 /// `CASE "col"::text WHEN 'old' THEN 'new' ... ELSE "col"::text END::type`, pairing the missing
 /// labels with the target's new ones when there is exactly one of each, `TODO` otherwise.
-fn enum_expression(column: &str, src: &Shape, tgt: &Shape, target_type: &str) -> String {
-    let (Shape::Enum { labels: from, .. }, Shape::Enum { labels: to, .. }) = (src, tgt) else {
+fn enum_expression(column: &str, src: &TypeShape, tgt: &TypeShape, target_type: &str) -> String {
+    let (TypeShape::Enum { labels: from, .. }, TypeShape::Enum { labels: to, .. }) = (src, tgt)
+    else {
         return "TODO".into();
     };
     let missing: Vec<&String> = from.iter().filter(|l| !to.contains(l)).collect();
@@ -2872,9 +2876,9 @@ mod tests {
 
     #[test]
     fn type_pairs_are_classified() {
-        use Shape::*;
+        use TypeShape::*;
         let ts = |tz, precision| Timestamp { tz, precision };
-        let cases: Vec<(Shape, Shape, &str, Vec<&str>)> = vec![
+        let cases: Vec<(TypeShape, TypeShape, &str, Vec<&str>)> = vec![
             (Varchar(50), Text, "widening", vec![]),
             (Int(4), Int(8), "widening", vec![]),
             (Numeric(Some((5, 2))), Numeric(None), "widening", vec![]),
@@ -2938,11 +2942,11 @@ mod tests {
 
     #[test]
     fn enum_labels_missing_in_the_target_are_measured() {
-        let src = Shape::Enum {
+        let src = TypeShape::Enum {
             name: "app_role".into(),
             labels: vec!["owner".into(), "staff".into()],
         };
-        let tgt = Shape::Enum {
+        let tgt = TypeShape::Enum {
             name: "app_role".into(),
             labels: vec!["owner".into(), "operator".into()],
         };
@@ -2961,7 +2965,7 @@ mod tests {
             "CASE \"role\"::text WHEN 'staff' THEN 'operator' ELSE \"role\"::text END::app_role"
         );
         // Only added labels: nothing to measure.
-        let wider = Shape::Enum {
+        let wider = TypeShape::Enum {
             name: "app_role".into(),
             labels: vec!["owner".into(), "staff".into(), "x".into()],
         };
@@ -2975,7 +2979,10 @@ mod tests {
             columns: vec!["seats".into()],
             head: "numeric -> integer".into(),
             base: Class::Lossy,
-            measures: vec![fractional("c"), out_of_range("c", 4, &Shape::Numeric(None))],
+            measures: vec![
+                fractional("c"),
+                out_of_range("c", 4, &TypeShape::Numeric(None)),
+            ],
             suggestion: None,
             settled_by: None,
         };
@@ -3011,20 +3018,20 @@ mod tests {
         let types = BTreeMap::new();
         assert_eq!(
             base_shape(&types, 1700, (6 << 16 | 2) + 4, 0),
-            Shape::Numeric(Some((6, 2)))
+            TypeShape::Numeric(Some((6, 2)))
         );
-        assert_eq!(base_shape(&types, 1043, 124, 0), Shape::Varchar(120));
-        assert_eq!(base_shape(&types, 1043, -1, 0), Shape::Text);
+        assert_eq!(base_shape(&types, 1043, 124, 0), TypeShape::Varchar(120));
+        assert_eq!(base_shape(&types, 1043, -1, 0), TypeShape::Text);
         assert_eq!(
             base_shape(&types, 1114, 3, 0),
-            Shape::Timestamp {
+            TypeShape::Timestamp {
                 tz: false,
                 precision: 3
             }
         );
         assert_eq!(
             base_shape(&types, 1184, -1, 0),
-            Shape::Timestamp {
+            TypeShape::Timestamp {
                 tz: true,
                 precision: 6
             }

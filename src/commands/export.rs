@@ -44,7 +44,7 @@ use crate::report::{Align, TextTable, size, thousands};
 
 /// What one file holds and how to read it from the source.
 #[derive(Clone, Debug)]
-struct Shape {
+struct FilePlan {
     name: String,
     schema: String,
     file: String,
@@ -61,7 +61,7 @@ struct Shape {
 
 /// What exporting one file produced.
 struct Exported {
-    shape: Shape,
+    shape: FilePlan,
     written: Written,
     checksum: Checksum,
     seconds: f64,
@@ -148,7 +148,7 @@ async fn export(args: &ExportArgs) -> Result<Outcome> {
         Some(auth_users_shape(&tx, &found, args.gzip).await?)
     };
 
-    let mut work: Vec<Shape> = shapes.clone();
+    let mut work: Vec<FilePlan> = shapes.clone();
     work.extend(users_shape.clone());
     // Largest first, so parallel workers finish together.
     work.sort_by_key(|s| std::cmp::Reverse(s.size_bytes));
@@ -295,7 +295,7 @@ async fn adopt_snapshot<'a>(
 /// Takes shapes off the queue until it is empty.
 async fn worker(
     tx: &Transaction<'_>,
-    queue: &Mutex<VecDeque<Shape>>,
+    queue: &Mutex<VecDeque<FilePlan>>,
     dir: &Path,
     gzip: bool,
 ) -> Result<Vec<Exported>> {
@@ -315,7 +315,7 @@ async fn table_shape(
     columns: &[Column],
     user_id_columns: Vec<String>,
     gzip: bool,
-) -> Result<Shape> {
+) -> Result<FilePlan> {
     let name = QualifiedName::new(APP_SCHEMA, table);
     let mut select = Vec::new();
     let mut entries = Vec::new();
@@ -341,7 +341,7 @@ async fn table_shape(
         )
         .await?;
     let estimated: i64 = row.get(0);
-    Ok(Shape {
+    Ok(FilePlan {
         file: data_file_name(table, gzip),
         name: table.to_string(),
         schema: APP_SCHEMA.to_string(),
@@ -383,7 +383,11 @@ const AUTH_USER_COLUMNS: &[&str] = &[
     "is_sso_user",
 ];
 
-async fn auth_users_shape(tx: &Transaction<'_>, found: &Discovered, gzip: bool) -> Result<Shape> {
+async fn auth_users_shape(
+    tx: &Transaction<'_>,
+    found: &Discovered,
+    gzip: bool,
+) -> Result<FilePlan> {
     if !found.auth_users_present {
         bail!(
             "the source has no auth.users table: is it a Supabase database? \
@@ -475,7 +479,7 @@ async fn auth_users_shape(tx: &Transaction<'_>, found: &Discovered, gzip: bool) 
         kinds.push(kind);
     }
     let size_bytes = catalog::total_size(tx, &QualifiedName::new("auth", "users")).await?;
-    Ok(Shape {
+    Ok(FilePlan {
         name: "auth_users".to_string(),
         schema: "auth".to_string(),
         file: data_file_name("auth_users", gzip),
@@ -498,7 +502,7 @@ enum Chunk {
 
 async fn export_one(
     tx: &Transaction<'_>,
-    shape: Shape,
+    shape: FilePlan,
     dir: &Path,
     gzip: bool,
 ) -> Result<Exported> {
@@ -611,7 +615,7 @@ fn source_error(e: tokio_postgres::Error, what: String) -> anyhow::Error {
 /// The blocking half: parse COPY chunks, write JSON lines, hash rows.
 fn write_file(
     mut receiver: mpsc::Receiver<Chunk>,
-    shape: &Shape,
+    shape: &FilePlan,
     dir: &Path,
     gzip: bool,
     bar: &ProgressBar,

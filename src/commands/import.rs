@@ -60,7 +60,7 @@ const NOTHING_WRITTEN: &str = "import checks every file before writing; nothing 
 const CHECKPOINT_TABLE: &str = "fmig.import_progress";
 
 /// One table's import, decided before anything is written.
-struct TablePlan {
+struct TableLoad {
     spec: &'static TableSpec,
     entry: FileEntry,
     map: TableMap,
@@ -83,7 +83,7 @@ struct TablePlan {
     lookups: pipeline::Lookups,
 }
 
-impl TablePlan {
+impl TableLoad {
     /// The unit's name (the source table's, or `<table>+<target>` for an also entry): what
     /// checkpoints, `left-behind/` files and messages use.
     fn name(&self) -> &str {
@@ -398,7 +398,7 @@ async fn import(args: &ImportArgs) -> Result<Outcome> {
 
     // Level by level (the order the plans are sorted in); within a level, the tables are
     // shared out over the writers, the largest first.
-    let level_of = |p: &TablePlan| {
+    let level_of = |p: &TableLoad| {
         target
             .levels
             .get(&p.map.target_table)
@@ -539,7 +539,7 @@ fn plan_table(
     map: TableMap,
     target: &Discovered,
     default_policy: Unmapped,
-) -> Result<TablePlan> {
+) -> Result<TableLoad> {
     let name = map.unit.clone();
     if !map.unmapped.is_empty() {
         bail!(
@@ -641,7 +641,7 @@ fn plan_table(
             Some((create, insert)),
         )
     };
-    Ok(TablePlan {
+    Ok(TableLoad {
         spec,
         entry,
         map,
@@ -682,7 +682,7 @@ type UnmappedIds = BTreeMap<(String, String), BTreeMap<String, u64>>;
 /// the mapping.
 fn check_files(
     dir: &Path,
-    plans: &[TablePlan],
+    plans: &[TableLoad],
     user_map: Option<&HashMap<String, String>>,
 ) -> Result<UnmappedIds> {
     let mut unmapped = UnmappedIds::new();
@@ -729,7 +729,7 @@ fn check_files(
 
 /// Reports user ids without a mapping per column (a short table on the console; every id in the
 /// log file) and applies `--unmapped`: fail before writing, or go on writing NULL or the old id.
-fn handle_unmapped(unmapped: &UnmappedIds, plans: &[TablePlan], mapping: &Path) -> Result<()> {
+fn handle_unmapped(unmapped: &UnmappedIds, plans: &[TableLoad], mapping: &Path) -> Result<()> {
     let column_of = |table: &str, column: &str| {
         let plan = plans.iter().find(|p| p.name() == table).expect("planned");
         let i = plan
@@ -848,7 +848,7 @@ async fn read_checkpoints(client: &Client) -> Result<BTreeMap<String, (String, u
         .collect())
 }
 
-async fn truncate(client: &Client, plans: &[TablePlan]) -> Result<()> {
+async fn truncate(client: &Client, plans: &[TableLoad]) -> Result<()> {
     let tables: BTreeSet<String> = plans.iter().map(|p| p.target.quoted()).collect();
     let tables: Vec<String> = tables.into_iter().collect();
     let names: Vec<String> = plans.iter().map(|p| p.name().to_string()).collect();
@@ -885,7 +885,7 @@ fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
 /// in" and resuming is as with one writer.
 async fn load_table(
     writers: &[&Client],
-    plan: &TablePlan,
+    plan: &TableLoad,
     dir: &Path,
     from: u64,
     args: &ImportArgs,
@@ -1148,7 +1148,7 @@ struct BatchStatements {
     insert: Option<Statement>,
 }
 
-async fn prepare_batch_statements(client: &Client, plan: &TablePlan) -> Result<BatchStatements> {
+async fn prepare_batch_statements(client: &Client, plan: &TableLoad) -> Result<BatchStatements> {
     let copy = client
         .prepare(&plan.copy_sql)
         .await
@@ -1172,7 +1172,7 @@ async fn prepare_batch_statements(client: &Client, plan: &TablePlan) -> Result<B
 /// is left open, failed, for the caller to roll back.
 async fn write_batch(
     client: &Client,
-    plan: &TablePlan,
+    plan: &TableLoad,
     statements: &BatchStatements,
     mut batch: Batch,
     my_turn: impl std::future::Future<Output = Result<()>>,
@@ -1265,7 +1265,7 @@ fn parallel_wait(e: anyhow::Error, writers: usize, first_row: u64, next_row: u64
 /// Names the file row, column and reason of a row the server rejected. The server's CONTEXT
 /// (`COPY t, line 7, column c: "value"`) would show the value; only the line and column are
 /// kept, since the value may be personal data.
-fn row_error(plan: &TablePlan, batch: &Batch, e: tokio_postgres::Error) -> anyhow::Error {
+fn row_error(plan: &TableLoad, batch: &Batch, e: tokio_postgres::Error) -> anyhow::Error {
     let (first_row, last_row) = (batch.first_row, batch.next_row);
     if connect::is_connection_lost(&e) {
         // Not the rows' fault: keep the error, so `run` says the connection was lost.
@@ -1311,7 +1311,7 @@ fn row_error(plan: &TablePlan, batch: &Batch, e: tokio_postgres::Error) -> anyho
 }
 
 /// A table with no rows (or already complete) still gets its checkpoint.
-async fn ensure_checkpoint(client: &Client, plan: &TablePlan) -> Result<()> {
+async fn ensure_checkpoint(client: &Client, plan: &TableLoad) -> Result<()> {
     client
         .execute(
             &format!(
@@ -1326,7 +1326,7 @@ async fn ensure_checkpoint(client: &Client, plan: &TablePlan) -> Result<()> {
 
 /// Identity and serial columns continue after the imported maximum (what pg_dump's `setval`
 /// does; forgetting it breaks the first insert after the cut-over).
-async fn set_sequences(client: &Client, plans: &[TablePlan]) -> Result<()> {
+async fn set_sequences(client: &Client, plans: &[TableLoad]) -> Result<()> {
     for plan in plans {
         let table = plan.target.quoted();
         let rows = client
@@ -1360,7 +1360,7 @@ async fn set_sequences(client: &Client, plans: &[TablePlan]) -> Result<()> {
 /// After `--disable-fk`: every foreign key between imported tables, checked for orphans.
 async fn orphan_check(
     client: &Client,
-    plans: &[TablePlan],
+    plans: &[TableLoad],
     target: &Discovered,
 ) -> Result<Vec<String>> {
     let imported: BTreeSet<&str> = plans.iter().map(|p| p.map.target_table.as_str()).collect();
@@ -1496,7 +1496,7 @@ async fn not_valid_orphans(
 
 /// `ANALYZE` of every imported target table: the application's first queries after the switch
 /// must not be planned on empty statistics. Returns (tables, seconds).
-async fn analyze(client: &Client, plans: &[TablePlan]) -> Result<(usize, f64)> {
+async fn analyze(client: &Client, plans: &[TableLoad]) -> Result<(usize, f64)> {
     let started = Instant::now();
     let tables: BTreeSet<String> = plans.iter().map(|p| p.target.quoted()).collect();
     for table in &tables {
@@ -1537,7 +1537,7 @@ async fn render_restored(restored: &deferred::Restored, client: &Client) -> Resu
 }
 
 fn render_dry_run(
-    plans: &[TablePlan],
+    plans: &[TableLoad],
     start_at: &BTreeMap<String, u64>,
     args: &ImportArgs,
 ) -> String {

@@ -179,7 +179,7 @@ pub struct ColumnDiff {
 
 /// What one table's verification needs, decided before reading a row.
 #[derive(Clone)]
-struct TablePlan {
+struct TableCheck {
     name: String,
     target: QualifiedName,
     source: QualifiedName,
@@ -219,7 +219,7 @@ struct TablePlan {
 struct KeyFilter {
     /// The units whose keys are staged: the plan itself (`include`), or every also unit of the
     /// target table (not `include`).
-    units: Vec<TablePlan>,
+    units: Vec<TableCheck>,
     include: bool,
 }
 
@@ -781,7 +781,7 @@ fn plan_table(
     pk: &[String],
     default: Unmapped,
     force_staged: bool,
-) -> Result<TablePlan> {
+) -> Result<TableCheck> {
     // Generated values (`compare = false`) are left out of both sides.
     let not_compared = map.not_compared.clone();
     map.columns.retain(|c| !not_compared.contains(&c.name));
@@ -878,7 +878,7 @@ fn plan_table(
         .filter(|(_, c)| map.user_id_columns.contains(&c.name))
         .map(|(i, c)| (i, map.policy(&c.name, default)))
         .collect();
-    Ok(TablePlan {
+    Ok(TableCheck {
         name: map.unit.clone(),
         target_select,
         keys: None,
@@ -928,7 +928,7 @@ fn copy_sql(select: &[String], from: &str) -> String {
 
 /// Gives every unit of a target table fed by several units its [`KeyFilter`] and the target
 /// copy that reads only its rows.
-fn restrict_shared_targets(plans: &mut [TablePlan]) -> Result<()> {
+fn restrict_shared_targets(plans: &mut [TableCheck]) -> Result<()> {
     let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, plan) in plans.iter().enumerate() {
         by_target
@@ -940,7 +940,7 @@ fn restrict_shared_targets(plans: &mut [TablePlan]) -> Result<()> {
         if units.len() < 2 {
             continue;
         }
-        let also: Vec<TablePlan> = units
+        let also: Vec<TableCheck> = units
             .iter()
             .map(|&i| &plans[i])
             .filter(|p| p.map.also)
@@ -1063,7 +1063,7 @@ async fn stage_keys(
     Ok(())
 }
 
-async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
+async fn verify_table(plan: &TableCheck, shared: &Shared) -> TableReport {
     let started = Instant::now();
     let mut report = empty_report(&plan.name, &plan.target.name);
     report.method = match plan.source_side {
@@ -1085,7 +1085,7 @@ async fn verify_table(plan: &TablePlan, shared: &Shared) -> TableReport {
     report
 }
 
-async fn verify_into(plan: &TablePlan, shared: &Shared, report: &mut TableReport) -> Result<()> {
+async fn verify_into(plan: &TableCheck, shared: &Shared, report: &mut TableReport) -> Result<()> {
     // A unit of a shared target table is compared row by row even then: a count of the
     // whole table would include the other units' rows.
     if shared.skip_checksum && plan.keys.is_none() {
@@ -1161,7 +1161,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(plan: &TablePlan, collect: Option<Arc<BTreeSet<usize>>>) -> Tally {
+    fn new(plan: &TableCheck, collect: Option<Arc<BTreeSet<usize>>>) -> Tally {
         let columns: Vec<(String, ColumnKind)> = plan
             .names
             .iter()
@@ -1256,7 +1256,7 @@ impl Tally {
 
 /// Streams both sides at the same time, each on its own task and connection.
 async fn both_sides(
-    plan: &TablePlan,
+    plan: &TableCheck,
     shared: &Shared,
     collect: Option<Arc<BTreeSet<usize>>>,
 ) -> Result<(Tally, Tally)> {
@@ -1344,7 +1344,7 @@ async fn copy_binary(client: &Client, sql: &str, tally: &mut Tally) -> Result<()
 /// read back through the mapping's select list. A reader task fills the next batch while the
 /// current one is staged, so the source and the staging connection work at the same time.
 async fn staged(
-    plan: &TablePlan,
+    plan: &TableCheck,
     source: Client,
     stage: &Client,
     user_map: Arc<IdMap>,
@@ -1393,7 +1393,7 @@ async fn staged(
 }
 
 /// The staging side of --against export: the export's columns, typed as in the source.
-fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
+fn file_side(plan: &TableCheck, entry: &FileEntry, dir: &Path) -> Result<SourceSide> {
     let stage = format!("fmig_verify_{}", plan.name);
     let defs = pipeline::staging_columns(&pipeline::entry_columns(entry), &plan.map);
     if let Some(c) = entry.columns.iter().find(|c| c.kind().is_none()) {
@@ -1422,7 +1422,7 @@ fn file_side(plan: &TablePlan, entry: &FileEntry, dir: &Path) -> Result<SourceSi
 /// --against export: the file read on a blocking thread into COPY text batches (import's own
 /// encoding), each staged and read back.
 async fn from_file(
-    plan: &TablePlan,
+    plan: &TableCheck,
     stage: &Client,
     user_map: Arc<IdMap>,
     tally: &mut Tally,
@@ -1496,7 +1496,7 @@ fn counted_shape(
     rewrite: pipeline::UserIds,
     lookups: pipeline::Lookups,
     skipped: Arc<std::sync::atomic::AtomicU64>,
-) -> impl pipeline::Shape {
+) -> impl pipeline::LineShaper {
     move |line: &[u8], out: &mut Vec<u8>| {
         let kept = shape_line(line, &rewrite, &lookups, out);
         if !kept {
@@ -1526,8 +1526,8 @@ fn shape_line(
     rewrite.rewrite_line(body, out) == pipeline::Rewritten::Kept
 }
 
-impl TablePlan {
-    /// [`TablePlan::user_ids`] for the columns of an export file (its order may differ from the
+impl TableCheck {
+    /// [`TableCheck::user_ids`] for the columns of an export file (its order may differ from the
     /// source catalog's).
     fn user_ids_in(&self, entry: &FileEntry) -> Vec<(usize, Unmapped)> {
         entry
@@ -1576,7 +1576,7 @@ async fn flush_stage(
 
 /// The rows of the differing buckets, compared key by key.
 fn compare_rows(
-    plan: &TablePlan,
+    plan: &TableCheck,
     source: &Tally,
     target: &Tally,
     max_diffs: usize,
@@ -1642,7 +1642,7 @@ fn canonical(kind: &ColumnKind, text: &str) -> Vec<u8> {
 }
 
 /// `id=...` for a primary key; without one, the row itself (secrets masked).
-fn describe_key(plan: &TablePlan, values: &[String]) -> String {
+fn describe_key(plan: &TableCheck, values: &[String]) -> String {
     if plan.pk.is_empty() {
         let row: Vec<String> = plan
             .names
@@ -1686,7 +1686,7 @@ fn shown(column: &str, text: &str) -> String {
 /// User-id values unknown to the mapping, and foreign-key orphans, in the target.
 async fn referential_checks(
     client: &Client,
-    plans: &[TablePlan],
+    plans: &[TableCheck],
     target: &Discovered,
     user_map: &IdMap,
     reports: &mut [TableReport],
@@ -1694,7 +1694,7 @@ async fn referential_checks(
     let mut problems: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Per user-id column: whether old ids of users without a mapping are kept on purpose
     // (`--unmapped keep`, or the mapping's `unmapped = "keep"` for it).
-    let user_columns: Vec<(&TablePlan, String, bool)> = plans
+    let user_columns: Vec<(&TableCheck, String, bool)> = plans
         .iter()
         .flat_map(|p| {
             p.map.user_id_columns.iter().filter_map(move |c| {
@@ -1814,7 +1814,7 @@ async fn copy_ids<'a>(
 /// `--disable-fk` check; a foreign key can be violated when it was loaded with triggers off).
 async fn orphans(
     client: &Client,
-    plans: &[TablePlan],
+    plans: &[TableCheck],
     target: &Discovered,
 ) -> Result<Vec<(String, String)>> {
     let by_target: HashMap<&str, &str> = plans
@@ -2118,8 +2118,8 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    fn plan(pk: Vec<usize>) -> TablePlan {
-        TablePlan {
+    fn plan(pk: Vec<usize>) -> TableCheck {
+        TableCheck {
             name: "t".into(),
             target: QualifiedName::new("public", "t"),
             source: QualifiedName::new("public", "t"),
@@ -2160,7 +2160,7 @@ mod tests {
         }
     }
 
-    fn tally(plan: &TablePlan, rows: &[[&str; 3]]) -> Tally {
+    fn tally(plan: &TableCheck, rows: &[[&str; 3]]) -> Tally {
         let mut t = Tally::new(plan, Some(Arc::new((0..BUCKETS).collect())));
         for row in rows {
             let fields: Vec<Option<Vec<u8>>> = row

@@ -15,7 +15,7 @@ use anyhow::Result;
 use serde::de::DeserializeSeed;
 use serde_json::Value;
 
-use super::{RowSeed, Shape, export_lines};
+use super::{RowLayout, RowSeed, export_lines};
 
 /// About this much row text per block (a few hundred rows of a wide table).
 const BLOCK_BYTES: usize = 128 * 1024;
@@ -52,7 +52,7 @@ struct Parsed {
 /// [`super::parse_lines`]: the same rows, the same answer.
 pub(super) fn parse_lines(
     reader: impl BufRead,
-    shape: &Shape,
+    shape: &RowLayout,
     max_line: u64,
     on_row: &mut dyn FnMut(u64, &[Value]) -> Result<()>,
 ) -> Result<Option<u64>> {
@@ -124,7 +124,7 @@ pub(super) fn parse_lines(
     })
 }
 
-fn parse_block(shape: &Shape, block: &Block, row: &mut Vec<Option<Value>>) -> Parsed {
+fn parse_block(shape: &RowLayout, block: &Block, row: &mut Vec<Option<Value>>) -> Parsed {
     let mut values = Vec::with_capacity(block.ends.len() * row.len());
     let mut complete = true;
     let mut rows = 0;

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::TablePlan;
+use super::TableLoad;
 use crate::catalog::Discovered;
 use crate::cli::Unmapped;
 use crate::column_map::{ColumnMap, Lookup, TableMap};
@@ -73,7 +73,7 @@ pub(super) async fn decide(
     column_map: &ColumnMap,
     source: &Discovered,
     target: &Discovered,
-    plans: &mut [TablePlan],
+    plans: &mut [TableLoad],
     user_map: &Arc<HashMap<String, String>>,
     default: Unmapped,
 ) -> Result<Decided> {
@@ -247,7 +247,7 @@ pub(super) async fn decide(
 async fn references_left_behind(
     dir: &Path,
     target: &Discovered,
-    plans: &[TablePlan],
+    plans: &[TableLoad],
     decided: &Decided,
     user_map: &Arc<HashMap<String, String>>,
     default: Unmapped,
@@ -611,7 +611,7 @@ async fn lost_references(
 /// `left-behind/<table>.csv` (0600, atomic) for every table with rows that stay behind: the
 /// file row, the row's `id` when the table has one, and why. A table with none has no file (a
 /// file from an earlier run is removed, so no list looks current that is not).
-pub(super) fn write_left_behind(dir: &Path, plans: &[TablePlan], decided: &Decided) -> Result<()> {
+pub(super) fn write_left_behind(dir: &Path, plans: &[TableLoad], decided: &Decided) -> Result<()> {
     let folder = dir.join(LEFT_BEHIND_DIR);
     for plan in plans {
         let path = folder.join(format!("{}.csv", plan.name()));
