@@ -5,6 +5,8 @@
 //! `"NaN"`, `"infinity"`, intervals, enums) load unchanged. What JSON changed is undone here:
 //! bytea comes back from base64, arrays become array literals, JSON documents become their text.
 
+use std::borrow::Cow;
+
 use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
@@ -29,9 +31,9 @@ pub fn write_export_field(
 
 /// [`write_export_field`] for a value given as its raw JSON text (from
 /// [`crate::json_rows::read_raw_rows`]), writing the same bytes. The common values (numbers,
-/// booleans, strings without escapes) are written from the text without building a `Value`:
-/// a number's text without exponent is what `Value` would print, and a JSON string without a
-/// backslash holds no control character, so there is nothing for COPY to escape.
+/// booleans, strings) are written from the text without building a `Value`: a number's text
+/// without exponent is what `Value` would print, and a JSON string without a backslash holds
+/// no control character, so there is nothing for COPY to escape.
 pub fn write_raw_field(
     out: &mut Vec<u8>,
     kind: &ColumnKind,
@@ -62,18 +64,16 @@ pub fn write_raw_field(
             out.extend_from_slice(bytes);
             return Ok(());
         }
-        Some(b'"') if bytes.len() >= 2 && !bytes.contains(&b'\\') => {
-            let inner = &raw[1..raw.len() - 1];
-            if let ColumnKind::Bytea = kind {
-                let decoded = decode_base64(inner)
-                    .ok_or_else(|| anyhow!("bytea value is not base64: {inner:?}"))?;
-                out.reserve(3 + decoded.len() * 2);
-                out.extend_from_slice(b"\\\\x");
-                push_hex(out, &decoded);
-            } else {
-                out.extend_from_slice(inner.as_bytes());
+        Some(b'"') => {
+            if let Some(string) = crate::json_rows::json_string(raw) {
+                match (kind, string) {
+                    (ColumnKind::Bytea, b64) => write_bytea(out, &b64)?,
+                    // Borrowed: no escapes, so no control character and nothing to escape.
+                    (_, Cow::Borrowed(plain)) => out.extend_from_slice(plain.as_bytes()),
+                    (_, Cow::Owned(text)) => escape_copy(out, &text),
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         _ => {}
     }
@@ -92,14 +92,7 @@ pub fn write_field(out: &mut Vec<u8>, kind: &ColumnKind, value: &Value) -> Resul
             literal(&mut text, kind, value, false)?;
             escape_copy(out, &text);
         }
-        (ColumnKind::Bytea, Value::String(b64)) => {
-            let bytes =
-                decode_base64(b64).ok_or_else(|| anyhow!("bytea value is not base64: {b64:?}"))?;
-            // `\x` and hex digits: the bytea input `\x...` with COPY's backslash escaped.
-            out.reserve(3 + bytes.len() * 2);
-            out.extend_from_slice(b"\\\\x");
-            push_hex(out, &bytes);
-        }
+        (ColumnKind::Bytea, Value::String(b64)) => write_bytea(out, b64)?,
         (_, Value::String(s)) => escape_copy(out, s),
         (_, Value::Bool(b)) => out.push(if *b { b't' } else { b'f' }),
         // A number's text (exactly as in the file) has nothing COPY would escape.
@@ -111,6 +104,16 @@ pub fn write_field(out: &mut Vec<u8>, kind: &ColumnKind, value: &Value) -> Resul
             bail!("a {} column cannot hold {other}", kind.name())
         }
     }
+    Ok(())
+}
+
+/// A bytea field from the export's base64: `\x` and hex digits, the bytea input `\x...` with
+/// COPY's backslash escaped.
+fn write_bytea(out: &mut Vec<u8>, b64: &str) -> Result<()> {
+    let bytes = decode_base64(b64).ok_or_else(|| anyhow!("bytea value is not base64: {b64:?}"))?;
+    out.reserve(3 + bytes.len() * 2);
+    out.extend_from_slice(b"\\\\x");
+    push_hex(out, &bytes);
     Ok(())
 }
 

@@ -181,6 +181,17 @@ pub fn read_raw_rows(
     parse(reader, path, &shape, &mut remaining)
 }
 
+/// The string a raw JSON value holds (borrowed when it has no escapes), or None for any other
+/// value.
+pub fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Into::into)
+    } else {
+        Some(inner.into())
+    }
+}
+
 fn column_index(columns: &[String]) -> HashMap<&str, usize> {
     columns
         .iter()
@@ -621,15 +632,7 @@ fn kind_fits(check: KindCheck, raw: &str) -> bool {
     if raw == "null" {
         return true;
     }
-    // The string's contents, unescaped when needed.
-    let string = || -> Option<std::borrow::Cow<str>> {
-        let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-        if inner.contains('\\') {
-            serde_json::from_str::<String>(raw).ok().map(Into::into)
-        } else {
-            Some(inner.into())
-        }
-    };
+    let string = || json_string(raw);
     let number = first == b'-' || first.is_ascii_digit();
     match kind {
         ColumnKind::Json | ColumnKind::Jsonb => true,

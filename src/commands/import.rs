@@ -869,16 +869,6 @@ async fn truncate(client: &Client, plans: &[TableLoad]) -> Result<()> {
     Ok(())
 }
 
-/// The string a raw JSON value holds, or None for any other value (a user-id column holding
-/// null or a number is not rewritten).
-fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(inner.into());
-    }
-    serde_json::from_str::<String>(raw).ok().map(Into::into)
-}
-
 /// Loads one table's file from row `from`, on one writer or several. With several, batches
 /// are written at the same time, one per writer, and committed strictly in file order (each
 /// waits for the batch before it), so the checkpoint still says "every row before this one is
@@ -976,7 +966,8 @@ async fn load_table(
                     if let Some(map) = &user_map {
                         for &(c, _, policy) in &user_ids {
                             rewritten[c] = None;
-                            let Some(old) = json_string(row.get(c)) else {
+                            // A user-id column holding null is not rewritten.
+                            let Some(old) = json_rows::json_string(row.get(c)) else {
                                 continue;
                             };
                             let new = if old.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -1072,32 +1063,32 @@ async fn load_table(
             // batch's transaction is opened (each commit opens the next one: see write_batch).
             let statements = prepare_batch_statements(writer, plan).await?;
             writer.batch_execute("BEGIN").await?;
-            let written = async {
-                loop {
-                    let Some(batch) = receiver.lock().await.recv().await else {
-                        return anyhow::Ok(());
-                    };
-                    let (first_row, next_row) = (batch.first_row, batch.next_row);
-                    let my_turn = async {
-                        turns
-                            .wait_for(|&committed| committed == first_row)
-                            .await
-                            .map(|_| ())
-                            .map_err(|_| anyhow!("the import stopped"))
-                    };
-                    write_batch(writer, plan, &statements, batch, my_turn)
+            loop {
+                // Not `while let`: its lock guard would live through the batch, one writer
+                // at a time.
+                let Some(batch) = receiver.lock().await.recv().await else {
+                    break;
+                };
+                let (first_row, next_row) = (batch.first_row, batch.next_row);
+                let my_turn = async {
+                    turns
+                        .wait_for(|&committed| committed == first_row)
                         .await
-                        .map_err(|e| parallel_wait(e, writers.len(), first_row, next_row))?;
-                    turn.send_replace(next_row);
-                    bar.set_position(next_row);
-                }
+                        .map(|_| ())
+                        .map_err(|_| anyhow!("the import stopped"))
+                };
+                write_batch(writer, plan, &statements, batch, my_turn)
+                    .await
+                    .map_err(|e| parallel_wait(e, writers.len(), first_row, next_row))?;
+                turn.send_replace(next_row);
+                bar.set_position(next_row);
             }
-            .await;
-            // Ends the transaction the last commit opened, empty; after a failure, the failed
-            // batch's.
-            let ended = writer.batch_execute("ROLLBACK").await;
-            written?;
-            ended.context("could not end the last batch's transaction")?;
+            // Ends the transaction the last commit opened, empty (after a failure, the loop
+            // below rolls back every writer's).
+            writer
+                .batch_execute("ROLLBACK")
+                .await
+                .context("could not end the last batch's transaction")?;
             if writers.len() > 1 {
                 writer.batch_execute("RESET lock_timeout").await?;
             }
@@ -1105,7 +1096,7 @@ async fn load_table(
         }
     });
     // The first failure stops the others where they are: a batch not yet committed is rolled
-    // back with its connection's transaction (see below), one committing is in order.
+    // back with its connection's transaction, one committing is in order.
     let failure = futures::future::try_join_all(loads).await.err();
     drop(receiver);
     if failure.is_some() {
